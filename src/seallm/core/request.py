@@ -1,0 +1,124 @@
+"""One request's state as the engine sees it (token ids only; text lives in the front end)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from seallm.core.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    """Where a request is in its life."""
+
+    WAITING = "waiting"  # queued, holds no KV pages
+    RUNNING = "running"  # holds KV pages, scheduled at iteration boundaries
+    PREEMPTED = "preempted"  # lost its pages; waits to be recomputed
+    FINISHED = "finished"
+
+
+class FinishReason(str, enum.Enum):
+    """OpenAI finish reasons."""
+
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the model's context length
+    ABORT = "abort"  # cancelled by the client or the server
+
+    def __str__(self) -> str:  # "stop", not "FinishReason.STOP"
+        return self.value
+
+
+@dataclass(eq=False)
+class Request:
+    """Engine-side state of one request.
+
+    Attributes:
+        request_id: unique id on its replica.
+        model: name of the resident model that serves it.
+        prompt_token_ids: prompt, token ids.
+        params: sampling parameters.
+        arrival_time: seconds (engine clock) when the request arrived.
+        priority: lower runs first (vLLM convention); FCFS ignores it.
+        eos_token_ids: the model's end-of-sequence ids (ignored with ``params.ignore_eos``).
+        max_model_len: the model's context length in tokens (prompt + output).
+        output_token_ids: generated tokens so far.
+        num_computed_tokens: tokens whose KV is in the cache (reset to 0 on preemption).
+    """
+
+    request_id: str
+    model: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival_time: float
+    priority: int = 0
+    eos_token_ids: frozenset[int] = frozenset()
+    max_model_len: int = 1 << 30
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: FinishReason | None = None
+    stop_reason: int | str | None = None
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    num_preemptions: int = 0
+    # Log-probabilities, one entry per output token when params.logprobs is set:
+    # (sampled token logprob, ((token_id, logprob), ...) top alternatives).
+    output_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_token_ids:
+            raise ValueError(f"request {self.request_id}: the prompt is empty")
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus output tokens known so far."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        """Tokens whose KV is still to be computed before the next sample."""
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def token_id_at(self, i: int) -> int:
+        """Token at absolute position ``i`` (prompt then output)."""
+        p = len(self.prompt_token_ids)
+        return self.prompt_token_ids[i] if i < p else self.output_token_ids[i - p]
+
+    def token_ids_slice(self, start: int, end: int) -> list[int]:
+        """Tokens at absolute positions ``[start, end)``."""
+        p = len(self.prompt_token_ids)
+        if end <= p:
+            return self.prompt_token_ids[start:end]
+        if start >= p:
+            return self.output_token_ids[start - p : end - p]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
+
+    def check_stop_after_append(self) -> FinishReason | None:
+        """Finish reason implied by the last appended token (token-level checks only).
+
+        Stop strings are checked by the detokenizer, which owns the text.
+        """
+        last = self.output_token_ids[-1]
+        p = self.params
+        if not p.ignore_eos and last in self.eos_token_ids:
+            self.stop_reason = None
+            return FinishReason.STOP
+        if last in p.stop_token_ids:
+            self.stop_reason = last
+            return FinishReason.STOP
+        if self.num_output_tokens >= p.max_tokens or self.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None

@@ -1,0 +1,145 @@
+"""Block tables of every request of every resident model over one shared page pool."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from seallm.kv.pool import OutOfPagesError, PagePool
+from seallm.kv.spec import KVSpec
+
+
+class KVCacheManager:
+    """Unified KV cache of one device (SeaLLM §2.6; DESIGN.md decision 2).
+
+    Models of any architecture share ``pool``; each model's ``tokens_per_page`` is derived
+    from its :class:`KVSpec`. Requests get pages on demand (all-or-nothing, with rollback)
+    and give them all back when they finish, are aborted or are preempted.
+
+    Raises:
+        ValueError: on an unknown model or request id, or a model whose token does not fit
+            in one page.
+    """
+
+    def __init__(self, pool: PagePool) -> None:
+        self.pool = pool
+        self._specs: dict[str, KVSpec] = {}
+        self._tokens_per_page: dict[str, int] = {}
+        self._tables: dict[str, list[int]] = {}  # request id -> pages in order
+        self._model_of: dict[str, str] = {}  # request id -> model
+        self._pages_by_model: Counter[str] = Counter()
+
+    # ---- models -------------------------------------------------------------------------
+    def add_model(self, name: str, spec: KVSpec) -> None:
+        """Make ``name`` resident with KV shape ``spec``."""
+        if name in self._specs:
+            raise ValueError(f"model {name!r} is already resident")
+        self._tokens_per_page[name] = spec.tokens_per_page(self.pool.page_size_bytes)
+        self._specs[name] = spec
+
+    def remove_model(self, name: str) -> None:
+        """Evict a model; raises ``ValueError`` while any of its requests holds pages."""
+        if self._pages_by_model[name]:
+            raise ValueError(f"model {name!r} still holds {self._pages_by_model[name]} pages")
+        self._specs.pop(name)
+        self._tokens_per_page.pop(name)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self._specs)
+
+    def spec(self, model: str) -> KVSpec:
+        return self._specs[model]
+
+    def tokens_per_page(self, model: str) -> int:
+        """Tokens of ``model`` per page."""
+        try:
+            return self._tokens_per_page[model]
+        except KeyError:
+            raise ValueError(f"unknown model {model!r}") from None
+
+    def pages_needed(self, model: str, num_tokens: int) -> int:
+        """Pages that hold ``num_tokens`` tokens of ``model``."""
+        return -(-num_tokens // self.tokens_per_page(model))
+
+    def capacity_tokens(self, model: str) -> int:
+        """Tokens of ``model`` the whole pool could hold."""
+        return self.pool.num_pages * self.tokens_per_page(model)
+
+    # ---- requests -----------------------------------------------------------------------
+    def block_table(self, request_id: str) -> list[int]:
+        """Pages of ``request_id`` in token order (empty if it holds none)."""
+        return self._tables.get(request_id, [])
+
+    def num_pages_of(self, request_id: str) -> int:
+        return len(self._tables.get(request_id, ()))
+
+    def can_allocate(self, request_id: str, model: str, num_tokens: int) -> bool:
+        """Whether ``allocate`` for ``num_tokens`` total tokens would succeed now."""
+        extra = self.pages_needed(model, num_tokens) - self.num_pages_of(request_id)
+        return extra <= self.pool.num_free
+
+    def allocate(self, request_id: str, model: str, num_tokens: int) -> bool:
+        """Grow ``request_id``'s block table to cover ``num_tokens`` tokens in total.
+
+        All-or-nothing: on failure the table is unchanged and False is returned.
+        """
+        table = self._tables.get(request_id)
+        if table is None:
+            if model not in self._specs:
+                raise ValueError(f"unknown model {model!r}")
+            table = self._tables[request_id] = []
+            self._model_of[request_id] = model
+        elif self._model_of[request_id] != model:
+            raise ValueError(f"request {request_id!r} belongs to {self._model_of[request_id]!r}")
+        extra = self.pages_needed(model, num_tokens) - len(table)
+        if extra <= 0:
+            return True
+        try:
+            pages = self.pool.allocate(extra, request_id)
+        except OutOfPagesError:
+            if not table:
+                del self._tables[request_id]
+                del self._model_of[request_id]
+            return False
+        table.extend(pages)
+        self._pages_by_model[model] += extra
+        return True
+
+    def free(self, request_id: str) -> int:
+        """Give back every page of ``request_id`` (finish, abort or preemption); returns the count."""
+        table = self._tables.pop(request_id, None)
+        if table is None:
+            return 0
+        model = self._model_of.pop(request_id)
+        self.pool.free(table, request_id)
+        self._pages_by_model[model] -= len(table)
+        return len(table)
+
+    def pages_used_by_model(self) -> dict[str, int]:
+        """Pages held by each resident model's requests."""
+        return {m: self._pages_by_model[m] for m in self._specs}
+
+    def requests_holding_pages(self) -> list[str]:
+        return list(self._tables)
+
+    def check_integrity(self) -> None:
+        """Verify that every page is owned once: by one request's table or the free list.
+
+        Raises:
+            AssertionError: describing the first inconsistency.
+        """
+        self.pool.check_integrity()
+        seen: dict[int, str] = {}
+        per_model: Counter[str] = Counter()
+        for rid, table in self._tables.items():
+            assert rid in self._model_of, f"request {rid} has a table but no model"
+            per_model[self._model_of[rid]] += len(table)
+            for p in table:
+                assert p not in seen, f"page {p} is in the tables of {seen[p]} and {rid}"
+                assert self.pool.owner(p) == rid, f"page {p} in {rid}'s table is owned by {self.pool.owner(p)!r}"
+                seen[p] = rid
+        assert len(seen) == self.pool.num_used, (
+            f"{self.pool.num_used} pages used but {len(seen)} in block tables (leak)"
+        )
+        for m in set(per_model) | set(self._pages_by_model):
+            assert per_model[m] == self._pages_by_model[m], f"page count of model {m} is off"

@@ -1,0 +1,91 @@
+"""Llama-family decoder (Llama 2/3.x, Mistral, Qwen2, Qwen3) over the paged KV pool.
+
+Matches ``transformers``' ``LlamaForCausalLM`` / ``MistralForCausalLM`` /
+``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM`` token for token under greedy decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from seallm.models.attention import AttentionMetadata, paged_attention
+from seallm.models.config import ModelConfig
+from seallm.models.layers import RotaryEmbedding, apply_rope, rms_norm
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer; q/k/v and gate/up are fused for fewer matmuls."""
+
+    input_norm: torch.Tensor  # [hidden]
+    qkv: torch.Tensor  # [(H + 2 Hkv) * D, hidden]
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor  # [hidden, H * D]
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor  # [hidden]
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor  # [hidden, intermediate]
+    down_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None = None  # [D] (Qwen3)
+    k_norm: torch.Tensor | None = None
+
+
+class LlamaForCausalLM:
+    """Inference-only decoder.
+
+    Args:
+        config: parsed ``config.json``.
+        embed: [vocab, hidden]; layers: per-layer weights; norm: [hidden];
+        lm_head: [vocab, hidden] (the embedding when tied).
+    """
+
+    def __init__(self, config: ModelConfig, embed: torch.Tensor, layers: list[LayerWeights],
+                 norm: torch.Tensor, lm_head: torch.Tensor) -> None:
+        self.config = config
+        self.embed = embed
+        self.layers = layers
+        self.norm = norm
+        self.lm_head = lm_head
+        self.dtype = embed.dtype
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling_dict, self.dtype)
+        self.scale = config.head_dim ** -0.5
+        c = config
+        self._split = [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, max_pos: int,
+                kv_cache: torch.Tensor, meta: AttentionMetadata,
+                logits_rows: torch.Tensor) -> torch.Tensor:
+        """One iteration over a ragged batch.
+
+        Shapes: ``input_ids``, ``positions`` [T] long; ``kv_cache`` the model's pool view
+        [num_pages, L, 2, tokens_per_page, Hkv, D]; ``logits_rows`` [S] long (rows whose
+        next-token logits are needed) -> logits [S, vocab] float32.
+        """
+        c = self.config
+        T = input_ids.shape[0]
+        eps = c.rms_norm_eps
+        cos, sin = self.rope.cos_sin(positions, max_pos)
+        h = F.embedding(input_ids, self.embed)
+        for i, w in enumerate(self.layers):
+            x = rms_norm(h, w.input_norm, eps)
+            q, k, v = F.linear(x, w.qkv, w.qkv_bias).split(self._split, dim=-1)
+            q = q.view(T, c.num_heads, c.head_dim)
+            k = k.view(T, c.num_kv_heads, c.head_dim)
+            v = v.view(T, c.num_kv_heads, c.head_dim)
+            if w.q_norm is not None:
+                q = rms_norm(q, w.q_norm, eps)
+                k = rms_norm(k, w.k_norm, eps)
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
+            a = paged_attention(q, k, v, kv_cache[:, i], meta, self.scale)
+            h = h + F.linear(a, w.o, w.o_bias)
+            x = rms_norm(h, w.post_norm, eps)
+            gate, up = F.linear(x, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, w.down, w.down_bias)
+        h = rms_norm(h[logits_rows], self.norm, eps)
+        return F.linear(h, self.lm_head).float()

@@ -1,0 +1,224 @@
+"""Offline inference: ``LLM(models=...).generate(prompts, SamplingParams(...), model=...)``."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from seallm.core import FinishReason, Request, SamplingParams, WallClock
+from seallm.engine.core import ReplicaCore
+from seallm.engine.detokenizer import IncrementalDetokenizer
+from seallm.engine.output import RequestMetrics, RequestOutput
+from seallm.kv import KVCacheManager, PagePool, default_page_size_bytes, parse_bytes
+from seallm.models.config import ModelConfig, load_model_config
+from seallm.sched import Scheduler, SchedulerConfig, make_policy
+
+logger = logging.getLogger("seallm")
+
+__all__ = ["LLM", "RequestOutput", "RequestMetrics"]
+
+
+def load_tokenizer(path: str) -> Any | None:
+    """``transformers.AutoTokenizer`` of a checkpoint folder, or None if it has no tokenizer files."""
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any(os.path.exists(os.path.join(path, n)) for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+class LLM:
+    """Several models resident on one device, sharing one unified paged KV cache.
+
+    Args:
+        models: name -> Hugging Face checkpoint folder.
+        device: "cpu" or a CUDA device ("cuda", "cuda:0").
+        kv_cache_memory: bytes of the KV pool ("2GiB", 1 << 30). None on CUDA sizes the pool
+            from free memory after loading the weights (``gpu_memory_utilization`` of it).
+        dtype: "auto" (each checkpoint's own) or float32 / bfloat16 / float16 for all.
+        scheduling_policy: "fcfs".
+        max_num_batched_tokens: per-iteration token budget (chunked prefill).
+        max_num_seqs: most sequences per iteration.
+        page_size_bytes: bytes per KV page; default: the smallest power of two giving every
+            model >= 16 tokens per page.
+        gpu_memory_utilization: fraction of free device memory for the pool (CUDA only).
+
+    Raises:
+        seallm.models.CheckpointError: unsupported architecture or malformed checkpoint.
+        ValueError: bad sizes, an unknown policy, or a pool too small for one page.
+    """
+
+    def __init__(
+        self,
+        models: dict[str, str],
+        device: str = "cpu",
+        kv_cache_memory: int | str | None = "1GiB",
+        dtype: str = "auto",
+        scheduling_policy: str = "fcfs",
+        max_num_batched_tokens: int = 512,
+        max_num_seqs: int = 128,
+        page_size_bytes: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+    ) -> None:
+        if not models:
+            raise ValueError("LLM needs at least one model: models={'name': '/path/to/checkpoint'}")
+        import torch
+
+        from seallm.models.loader import load_model
+        from seallm.worker.executor import ModelExecutor
+
+        self.configs: dict[str, ModelConfig] = {n: load_model_config(p, dtype) for n, p in models.items()}
+        specs = [c.kv_spec for c in self.configs.values()]
+        page = page_size_bytes or default_page_size_bytes(specs)
+        torch_models = {n: load_model(c) for n, c in self.configs.items()}
+        dev = torch.device(device)
+        if dev.type != "cpu":
+            for m in torch_models.values():
+                _move(m, dev)
+        if kv_cache_memory is None:
+            if dev.type != "cuda":
+                raise ValueError("kv_cache_memory is required on CPU (for example '2GiB')")
+            free, _ = torch.cuda.mem_get_info(dev)
+            budget = int(free * gpu_memory_utilization)
+        else:
+            budget = parse_bytes(kv_cache_memory)
+        num_pages = budget // page
+        if num_pages < 1:
+            raise ValueError(f"kv_cache_memory={kv_cache_memory!r} is smaller than one page ({page} bytes)")
+        self.kv = KVCacheManager(PagePool(num_pages, page))
+        for n, c in self.configs.items():
+            self.kv.add_model(n, c.kv_spec)
+        tpp = {n: self.kv.tokens_per_page(n) for n in self.configs}
+        executor = ModelExecutor(torch_models, num_pages, page, tpp, dev)
+        self.scheduler = Scheduler(self.kv, make_policy(scheduling_policy),
+                                   SchedulerConfig(max_num_batched_tokens, max_num_seqs))
+        self.core = ReplicaCore(self.scheduler, executor, WallClock())
+        self.tokenizers = {n: load_tokenizer(p) for n, p in models.items()}
+        self._ids = itertools.count()
+        logger.info("seallm: %d model(s) on %s, KV pool %d pages x %d bytes, tokens/page %s, policy %s",
+                    len(models), device, num_pages, page, tpp, scheduling_policy)
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.configs)
+
+    def generate(
+        self,
+        prompts: str | Sequence[str] | Sequence[Sequence[int]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        model: str | Sequence[str] | None = None,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion with continuous batching; outputs in prompt order.
+
+        Args:
+            prompts: a string, a list of strings, or a list of token-id lists.
+            sampling_params: one for all prompts or one per prompt (default: SamplingParams()).
+            model: one model name for all prompts, or one per prompt; may be omitted when a
+                single model is resident.
+
+        Raises:
+            ValueError: unknown model, list lengths that disagree, an empty prompt, a text
+                prompt for a model without a tokenizer, or a prompt longer than the context.
+        """
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        n = len(prompts)
+        params = _per_prompt(sampling_params if sampling_params is not None else SamplingParams(), n, "sampling_params")
+        names = _per_prompt(model if model is not None else self._only_model(), n, "model")
+        reqs: list[Request] = []
+        for prompt, p, name in zip(prompts, params, names):
+            reqs.append(self._make_request(prompt, p, name))
+        dets: dict[str, IncrementalDetokenizer] = {}
+        try:
+            for r in reqs:
+                tok = self.tokenizers[r.model]
+                if tok is not None:
+                    dets[r.request_id] = IncrementalDetokenizer(
+                        tok, r.prompt_token_ids, r.params.stop, r.params.include_stop_str_in_output,
+                        r.params.skip_special_tokens)
+                self.core.add_request(r)
+            pending = {r.request_id for r in reqs}
+            while pending:
+                for r in self.core.step():
+                    d = dets.get(r.request_id)
+                    if d is not None:
+                        d.add(r.output_token_ids[-1:])
+                        if d.stopped_by is not None and not r.is_finished:
+                            self.core.abort_request(r.request_id, FinishReason.STOP)
+                            r.stop_reason = d.stopped_by
+                    if r.is_finished:
+                        pending.discard(r.request_id)
+                if not self.core.has_unfinished():
+                    pending.clear()
+        finally:
+            for r in reqs:  # an exception (Ctrl-C) must not leave pages allocated
+                if not r.is_finished:
+                    self.core.abort_request(r.request_id)
+        outs = []
+        for prompt, r in zip(prompts, reqs):
+            d = dets.get(r.request_id)
+            if d is not None:
+                d.flush()
+            outs.append(RequestOutput(
+                request_id=r.request_id, model=r.model, prompt=prompt if isinstance(prompt, str) else None,
+                prompt_token_ids=r.prompt_token_ids, token_ids=list(r.output_token_ids),
+                text=d.text if d is not None else "", finish_reason=str(r.finish_reason),
+                stop_reason=r.stop_reason,
+                logprobs=list(r.output_logprobs) if r.params.logprobs is not None else None,
+                metrics=RequestMetrics.of(r)))
+        return outs
+
+    def _only_model(self) -> str:
+        if len(self.configs) != 1:
+            raise ValueError(f"several models are resident ({', '.join(self.configs)}); pass model=")
+        return next(iter(self.configs))
+
+    def _make_request(self, prompt: Any, params: SamplingParams, name: str) -> Request:
+        if name not in self.configs:
+            raise ValueError(f"unknown model {name!r}; resident: {', '.join(self.configs)}")
+        cfg = self.configs[name]
+        if isinstance(prompt, str):
+            tok = self.tokenizers[name]
+            if tok is None:
+                raise ValueError(f"model {name!r} has no tokenizer files; pass token ids instead of text")
+            ids = tok(prompt)["input_ids"]
+        else:
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < cfg.vocab_size]
+            if bad:
+                raise ValueError(f"token id {bad[0]} is outside the vocabulary of {name!r} (size {cfg.vocab_size})")
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= cfg.max_model_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {name!r} "
+                             f"({cfg.max_model_len} tokens including at least one output token)")
+        return Request(
+            request_id=f"offline-{next(self._ids)}", model=name, prompt_token_ids=list(ids), params=params,
+            arrival_time=self.core.clock.now(), eos_token_ids=frozenset(cfg.eos_token_ids),
+            max_model_len=cfg.max_model_len)
+
+
+def _per_prompt(value: Any, n: int, what: str) -> list[Any]:
+    if isinstance(value, (str, SamplingParams)):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{what} has {len(value)} entries for {n} prompts")
+    return value
+
+
+def _move(model: Any, dev: Any) -> None:
+    model.embed = model.embed.to(dev)
+    model.lm_head = model.embed if model.config.tie_word_embeddings else model.lm_head.to(dev)
+    model.norm = model.norm.to(dev)
+    for w in model.layers:
+        for k, v in vars(w).items():
+            if v is not None:
+                setattr(w, k, v.to(dev))
+    model.rope.device = dev
+    model.rope._cos = model.rope._cos[:0].to(dev)  # rebuilt on the device on first use
+    model.rope._sin = model.rope._sin[:0].to(dev)

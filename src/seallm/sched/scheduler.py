@@ -1,0 +1,234 @@
+"""Iteration-level continuous batching with chunked prefill over a unified KV cache.
+
+The mechanics are policy-free: the :class:`SchedulingPolicy` picks the model of each
+iteration and orders requests; this class fills the token budget, takes KV pages on demand
+and preempts (by recompute) when pages run out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from seallm.core import FinishReason, Request, RequestStatus, SeqChunk, StepPlan, StepResult
+from seallm.kv import KVCacheManager
+from seallm.sched.config import SchedulerConfig
+from seallm.sched.policy import SchedulingPolicy
+
+
+class Scheduler:
+    """Queues and batches of every resident model of one device.
+
+    One call to :meth:`schedule` plans one iteration of one model: running requests first
+    (decode tokens and continuing prefill chunks, in priority order), then waiting requests
+    while the token budget, the sequence limit and free pages allow. When a running request
+    cannot grow, the lowest-priority running request of the device (any model) is preempted:
+    its pages are freed and it is recomputed later (vLLM's recompute preemption).
+
+    Raises:
+        ValueError: from :meth:`add_request` for an unknown model, a duplicate id, or a
+            request that could not fit in the whole KV pool even alone.
+    """
+
+    def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, config: SchedulerConfig | None = None) -> None:
+        self.kv = kv
+        self.policy = policy
+        self.config = config or SchedulerConfig()
+        self.requests: dict[str, Request] = {}
+        self.waiting: dict[str, deque[Request]] = {m: deque() for m in kv.models}
+        self.running: dict[str, list[Request]] = {m: [] for m in kv.models}
+        self._finished_ids: list[str] = []
+        self.num_preemptions = 0
+
+    # ---- requests ------------------------------------------------------------------------
+    def add_model(self, model: str) -> None:
+        """Start queues for a model made resident in ``kv`` after construction."""
+        self.waiting.setdefault(model, deque())
+        self.running.setdefault(model, [])
+
+    def add_request(self, request: Request) -> None:
+        """Queue ``request`` (status WAITING)."""
+        if request.model not in self.waiting:
+            raise ValueError(f"model {request.model!r} is not resident; resident: {sorted(self.waiting)}")
+        if request.request_id in self.requests:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        need = min(request.num_prompt_tokens + request.params.max_tokens, request.max_model_len)
+        cap = self.kv.capacity_tokens(request.model)
+        if need > cap:
+            raise ValueError(
+                f"request needs up to {need} tokens of KV cache but the whole pool holds {cap} "
+                f"tokens of model {request.model!r}; lower max_tokens or raise kv_cache_memory"
+            )
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting[request.model].append(request)
+
+    def finish_request(self, request_id: str, reason: FinishReason, now: float) -> Request | None:
+        """End a request early (abort, or a stop string found by the detokenizer); frees its
+        pages. Returns the request, or None if it is unknown or already finished."""
+        r = self.requests.get(request_id)
+        if r is None or r.is_finished:
+            return None
+        self._finish(r, reason, now)
+        return r
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    def num_waiting(self, model: str | None = None) -> int:
+        if model is not None:
+            return len(self.waiting[model])
+        return sum(len(q) for q in self.waiting.values())
+
+    def num_running(self, model: str | None = None) -> int:
+        if model is not None:
+            return len(self.running[model])
+        return sum(len(q) for q in self.running.values())
+
+    # ---- one iteration ---------------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan | None:
+        """Plan the next iteration, or None when no model has runnable work."""
+        models = [m for m in self.waiting if self.waiting[m] or any(r.num_uncomputed_tokens for r in self.running[m])]
+        for model in self.policy.model_order(models, now):
+            seqs = self._schedule_model(model, now)
+            if seqs:
+                finished, self._finished_ids = tuple(self._finished_ids), []
+                return StepPlan(model=model, seqs=tuple(seqs), finished_ids=finished)
+        return None
+
+    def _schedule_model(self, model: str, now: float) -> list[SeqChunk]:
+        cfg = self.config
+        key = self.policy.priority_key
+        budget = cfg.max_num_batched_tokens
+        seqs: list[SeqChunk] = []
+        scheduled: set[str] = set()
+        preempted = False
+
+        running = sorted(self.running[model], key=lambda r: key(r, now))
+        for r in running:
+            if budget == 0 or len(seqs) >= cfg.max_num_seqs:
+                break
+            if r.status is not RequestStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            n = min(r.num_uncomputed_tokens, budget)
+            if n == 0:
+                continue
+            while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
+                victim = self._pick_victim(scheduled, now)
+                self._preempt(victim)
+                preempted = True
+                if victim is r:
+                    break
+            if r.status is not RequestStatus.RUNNING:
+                continue
+            seqs.append(self._chunk(r, n))
+            scheduled.add(r.request_id)
+            budget -= n
+
+        waiting = self.waiting[model]
+        if not preempted and waiting:
+            order = sorted(waiting, key=lambda r: key(r, now))
+            admitted = []
+            for r in order:
+                if budget == 0 or len(seqs) >= cfg.max_num_seqs:
+                    break
+                n = min(r.num_uncomputed_tokens, budget)
+                if not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
+                    break  # no overtaking: a later request must not take the head's pages
+                r.status = RequestStatus.RUNNING
+                if r.first_scheduled_time is None:
+                    r.first_scheduled_time = now
+                self.running[model].append(r)
+                admitted.append(r)
+                seqs.append(self._chunk(r, n))
+                budget -= n
+            if admitted:
+                gone = {id(r) for r in admitted}
+                self.waiting[model] = deque(r for r in waiting if id(r) not in gone)
+        return seqs
+
+    def _chunk(self, r: Request, n: int) -> SeqChunk:
+        start = r.num_computed_tokens
+        return SeqChunk(
+            request_id=r.request_id,
+            token_ids=tuple(r.token_ids_slice(start, start + n)),
+            start_pos=start,
+            block_table=tuple(self.kv.block_table(r.request_id)),
+            sample=start + n == r.num_tokens,
+            params=r.params,
+            num_output_tokens=r.num_output_tokens,
+        )
+
+    def _pick_victim(self, scheduled: set[str], now: float) -> Request:
+        """Lowest-priority running request of the device not yet in this iteration's batch."""
+        key = self.policy.priority_key
+        cands = [r for q in self.running.values() for r in q if r.request_id not in scheduled]
+        # A candidate always exists: the request being grown is never in ``scheduled``.
+        return max(cands, key=lambda r: key(r, now))
+
+    def _preempt(self, r: Request) -> None:
+        self.kv.free(r.request_id)
+        self.running[r.model].remove(r)
+        r.num_computed_tokens = 0
+        r.status = RequestStatus.PREEMPTED
+        r.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting[r.model].appendleft(r)
+
+    def _finish(self, r: Request, reason: FinishReason, now: float) -> None:
+        self.kv.free(r.request_id)
+        if r.status is RequestStatus.RUNNING:
+            self.running[r.model].remove(r)
+        else:
+            try:
+                self.waiting[r.model].remove(r)
+            except ValueError:
+                pass
+        r.status = RequestStatus.FINISHED
+        r.finish_reason = reason
+        r.finish_time = now
+        del self.requests[r.request_id]
+        self._finished_ids.append(r.request_id)
+        self.policy.on_finish(r, now)
+
+    def update(self, plan: StepPlan, result: StepResult, now: float) -> list[Request]:
+        """Apply an iteration's result: advance computed tokens, append sampled tokens, finish
+        requests that hit EOS, a stop token id, ``max_tokens`` or the context length.
+
+        Returns the requests that received a token (finished ones included)."""
+        out: list[Request] = []
+        for seq in plan.seqs:
+            r = self.requests.get(seq.request_id)
+            if r is None or r.status is not RequestStatus.RUNNING:
+                continue  # aborted or preempted while the step ran
+            r.num_computed_tokens = seq.start_pos + seq.num_tokens
+            if not seq.sample:
+                continue
+            s = result.samples[seq.request_id]
+            r.output_token_ids.append(s.token_id)
+            if r.params.logprobs is not None:
+                r.output_logprobs.append((s.logprob, s.top_logprobs))
+            if r.first_token_time is None:
+                r.first_token_time = now
+            reason = r.check_stop_after_append()
+            if reason is not None:
+                self._finish(r, reason, now)
+            out.append(r)
+        self.policy.on_step(plan, result, now)
+        return out
+
+    def check_integrity(self) -> None:
+        """Queues and KV agree: running requests hold pages for their computed tokens,
+        waiting ones hold none, every page is owned once.
+
+        Raises:
+            AssertionError: on the first inconsistency.
+        """
+        self.kv.check_integrity()
+        for m, q in self.running.items():
+            for r in q:
+                assert r.status is RequestStatus.RUNNING, f"{r.request_id} in running with {r.status}"
+                need = self.kv.pages_needed(m, r.num_computed_tokens)
+                assert self.kv.num_pages_of(r.request_id) >= need, f"{r.request_id} lacks pages"
+        for m, q in self.waiting.items():
+            for r in q:
+                assert self.kv.num_pages_of(r.request_id) == 0, f"waiting {r.request_id} holds pages"

@@ -1,0 +1,87 @@
+"""``ModelExecutor``: runs a ``StepPlan`` with real forward passes over the shared KV pool."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from seallm.core import SeqChunk, StepPlan, StepResult
+from seallm.models.attention import build_metadata, kv_view
+from seallm.models.llama import LlamaForCausalLM
+from seallm.worker.sampler import Sampler
+
+
+class ModelExecutor:
+    """Holds the resident models and the device's KV pool tensor.
+
+    Args:
+        models: name -> loaded model.
+        num_pages: pages in the pool; page_size_bytes: bytes per page.
+        tokens_per_page: name -> tokens of that model per page (from ``KVCacheManager``).
+        device: torch device of the models and the pool.
+
+    The pool is one uint8 tensor of ``num_pages * page_size_bytes`` bytes; each model gets
+    a strided view of it (:func:`seallm.models.attention.kv_view`).
+    """
+
+    def __init__(self, models: dict[str, LlamaForCausalLM], num_pages: int, page_size_bytes: int,
+                 tokens_per_page: dict[str, int], device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.models = models
+        self.tokens_per_page = dict(tokens_per_page)
+        self.pool = torch.zeros(num_pages * page_size_bytes, dtype=torch.uint8, device=self.device)
+        self.kv_views = {}
+        for name, m in models.items():
+            c = m.config
+            self.kv_views[name] = kv_view(self.pool, page_size_bytes, c.num_layers, self.tokens_per_page[name],
+                                          c.num_kv_heads, c.head_dim, m.dtype)
+        self.sampler = Sampler()
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Run one iteration of ``plan.model``; returns the sampled tokens and the step time (s)."""
+        t0 = time.perf_counter()
+        self.sampler.forget(plan.finished_ids)
+        model = self.models[plan.model]
+        decodes = [s for s in plan.seqs if s.is_decode]
+        prefills = [s for s in plan.seqs if not s.is_decode]
+        seqs: list[SeqChunk] = decodes + prefills
+        ids: list[int] = []
+        pos: list[int] = []
+        rows, sampled = [], []
+        for s in seqs:
+            ids.extend(s.token_ids)
+            pos.extend(range(s.start_pos, s.start_pos + s.num_tokens))
+            if s.sample:
+                rows.append(len(ids) - 1)
+                sampled.append(s)
+        meta = build_metadata([(s.start_pos, s.num_tokens, s.block_table) for s in seqs], len(decodes),
+                              self.tokens_per_page[plan.model], model.config.sliding_window)
+        dev = self.device
+        if dev.type != "cpu":
+            meta = _to_device(meta, dev)
+        logits = model.forward(
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(pos, dtype=torch.long, device=dev),
+            max(pos),
+            self.kv_views[plan.model],
+            meta,
+            torch.tensor(rows, dtype=torch.long, device=dev),
+        )
+        samples = {}
+        if sampled:
+            outs = self.sampler.sample(logits.cpu(), [s.request_id for s in sampled], [s.params for s in sampled])
+            samples = {s.request_id: o for s, o in zip(sampled, outs)}
+        return StepResult(plan.model, samples, time.perf_counter() - t0)
+
+
+def _to_device(meta, dev: torch.device):
+    for name in ("slot_pages", "slot_offsets", "decode_block_tables", "decode_mask"):
+        t = getattr(meta, name)
+        if t is not None:
+            setattr(meta, name, t.to(dev, non_blocking=True))
+    for p in meta.prefills:
+        p.block_table = p.block_table.to(dev, non_blocking=True)
+        if p.mask is not None:
+            p.mask = p.mask.to(dev, non_blocking=True)
+    return meta
