@@ -58,12 +58,13 @@ class LlamaForCausalLM:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, max_pos: int,
-                kv_cache: torch.Tensor, meta: AttentionMetadata,
-                logits_rows: torch.Tensor) -> torch.Tensor:
+                kv_cache: torch.Tensor, kv_pages: list[tuple[torch.Tensor, torch.Tensor]],
+                meta: AttentionMetadata, logits_rows: torch.Tensor) -> torch.Tensor:
         """One iteration over a ragged batch.
 
         Shapes: ``input_ids``, ``positions`` [T] long; ``kv_cache`` the model's pool view
-        [num_pages, L, 2, tokens_per_page, Hkv, D]; ``logits_rows`` [S] long (rows whose
+        [num_pages, L, 2, tokens_per_page, Hkv, D]; ``kv_pages`` its per-layer 2-D page
+        views (:func:`layer_page_views`); ``logits_rows`` [S] long (rows whose
         next-token logits are needed) -> logits [S, vocab] float32.
         """
         c = self.config
@@ -82,7 +83,7 @@ class LlamaForCausalLM:
                 k = rms_norm(k, w.k_norm, eps)
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
-            a = paged_attention(q, k, v, kv_cache[:, i], meta, self.scale)
+            a = paged_attention(q, k, v, kv_cache[:, i], kv_pages[i], meta, self.scale)
             h = h + F.linear(a, w.o, w.o_bias)
             x = rms_norm(h, w.post_norm, eps)
             gate, up = F.linear(x, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)

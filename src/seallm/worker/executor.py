@@ -7,7 +7,7 @@ import time
 import torch
 
 from seallm.core import SeqChunk, StepPlan, StepResult
-from seallm.models.attention import build_metadata, kv_view
+from seallm.models.attention import build_metadata, kv_view, layer_page_views
 from seallm.models.llama import LlamaForCausalLM
 from seallm.worker.sampler import Sampler
 
@@ -36,6 +36,7 @@ class ModelExecutor:
             c = m.config
             self.kv_views[name] = kv_view(self.pool, page_size_bytes, c.num_layers, self.tokens_per_page[name],
                                           c.num_kv_heads, c.head_dim, m.dtype)
+        self.kv_pages = {name: layer_page_views(v) for name, v in self.kv_views.items()}
         self.sampler = Sampler()
 
     def execute(self, plan: StepPlan) -> StepResult:
@@ -65,6 +66,7 @@ class ModelExecutor:
             torch.tensor(pos, dtype=torch.long, device=dev),
             max(pos),
             self.kv_views[plan.model],
+            self.kv_pages[plan.model],
             meta,
             torch.tensor(rows, dtype=torch.long, device=dev),
         )

@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmarks: cached random checkpoints and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any
+
+CACHE = os.environ.get("SEALLM_BENCH_CACHE", os.path.expanduser("~/.cache/seallm/bench"))
+
+# ~125M parameters: the workload of the engine issue.
+LLAMA_125M = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
+
+
+def checkpoint(name: str, arch: str, **overrides: Any) -> str:
+    """A random-weight checkpoint written once under the cache folder."""
+    from seallm.models.random_checkpoint import write_random_checkpoint
+
+    path = os.path.join(CACHE, name)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        write_random_checkpoint(path, arch, tokenizer=False, **overrides)
+    return path
+
+
+def write_result(name: str, result: dict[str, Any], out_dir: str = "benchmarks/results") -> str:
+    """Write ``result`` with machine info to ``out_dir/name.json``; returns the path."""
+    import torch
+
+    os.makedirs(out_dir, exist_ok=True)
+    result = dict(result, machine=dict(platform=platform.platform(), processor=platform.processor(),
+                                       cpus=os.cpu_count(), torch=torch.__version__,
+                                       threads=torch.get_num_threads()),
+                  timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    path = os.path.join(out_dir, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    return path
