@@ -60,26 +60,46 @@ def run_seallm(path: str, prompts: list[list[int]], out_len: int, budget: int) -
                 max_num_batched_tokens=budget, ttft_p50_s=ttft[len(ttft) // 2])
 
 
+def _in_subprocess(system: str, args: argparse.Namespace) -> dict:
+    """Run one system in a fresh Python process so neither inherits the other's memory state."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--only", system, "--requests", str(args.requests), "--min-prompt",
+           str(args.min_prompt), "--max-prompt", str(args.max_prompt), "--output-len", str(args.output_len),
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--seed", str(args.seed)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--min-prompt", type=int, default=64)
     ap.add_argument("--max-prompt", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=512)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--skip-hf", action="store_true", help="only run seallm (no ratio)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["seallm", "transformers"], help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     path = checkpoint("llama-125m", "llama", **LLAMA_125M)
     prompts = workload(args.requests, args.min_prompt, args.max_prompt, LLAMA_125M["vocab_size"], args.seed)
+    if args.only:  # child process: print one JSON line
+        import json
+
+        r = (run_seallm(path, prompts, args.output_len, args.max_num_batched_tokens) if args.only == "seallm"
+             else run_transformers(path, prompts, args.output_len))
+        print(json.dumps(r))
+        return
     res = dict(workload=dict(requests=args.requests, prompt_len=[args.min_prompt, args.max_prompt],
                              output_len=args.output_len, model="random Llama ~125M fp32", seed=args.seed))
-    res["seallm"] = run_seallm(path, prompts, args.output_len, args.max_num_batched_tokens)
+    res["seallm"] = _in_subprocess("seallm", args)
     print(f"seallm:       {res['seallm']['output_tokens_per_s']:.1f} output tokens/s "
           f"({res['seallm']['seconds']:.1f} s)", flush=True)
     if not args.skip_hf:
-        res["transformers"] = run_transformers(path, prompts, args.output_len)
+        res["transformers"] = _in_subprocess("transformers", args)
         print(f"transformers: {res['transformers']['output_tokens_per_s']:.1f} output tokens/s "
               f"({res['transformers']['seconds']:.1f} s)")
         res["ratio_seallm_over_transformers"] = (res["seallm"]["output_tokens_per_s"]

@@ -59,7 +59,7 @@ class LLM:
         kv_cache_memory: int | str | None = "1GiB",
         dtype: str = "auto",
         scheduling_policy: str = "fcfs",
-        max_num_batched_tokens: int = 512,
+        max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 128,
         page_size_bytes: int | None = None,
         gpu_memory_utilization: float = 0.9,

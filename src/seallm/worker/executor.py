@@ -9,6 +9,7 @@ import torch
 from seallm.core import SeqChunk, StepPlan, StepResult
 from seallm.models.attention import build_metadata, kv_view, layer_page_views
 from seallm.models.llama import LlamaForCausalLM
+from seallm.worker.malloc import tune_malloc
 from seallm.worker.sampler import Sampler
 
 
@@ -28,6 +29,8 @@ class ModelExecutor:
     def __init__(self, models: dict[str, LlamaForCausalLM], num_pages: int, page_size_bytes: int,
                  tokens_per_page: dict[str, int], device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            tune_malloc()
         self.models = models
         self.tokens_per_page = dict(tokens_per_page)
         self.pool = torch.zeros(num_pages * page_size_bytes, dtype=torch.uint8, device=self.device)
