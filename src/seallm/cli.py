@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"seallm {__import__('seallm').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    from seallm.demo import add_demo_parser
+    from seallm.server.cli import add_serve_parser
+
+    add_serve_parser(sub)
+    add_demo_parser(sub)
     try:
         from seallm.bench.cli import add_bench_parser
     except ImportError:

@@ -8,13 +8,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from seallm.core import FinishReason, Request, SamplingParams, WallClock
-from seallm.engine.core import ReplicaCore
+from seallm.core import FinishReason, Request, SamplingParams
+from seallm.deploy import DeploymentConfig, ModelEntry, build_engine
 from seallm.engine.detokenizer import IncrementalDetokenizer
 from seallm.engine.output import RequestMetrics, RequestOutput
-from seallm.kv import KVCacheManager, PagePool, default_page_size_bytes, parse_bytes
-from seallm.models.config import ModelConfig, load_model_config
-from seallm.sched import Scheduler, SchedulerConfig, make_policy
+from seallm.models.config import ModelConfig
 
 logger = logging.getLogger("seallm")
 
@@ -66,41 +64,18 @@ class LLM:
     ) -> None:
         if not models:
             raise ValueError("LLM needs at least one model: models={'name': '/path/to/checkpoint'}")
-        import torch
-
-        from seallm.models.loader import load_model
-        from seallm.worker.executor import ModelExecutor
-
-        self.configs: dict[str, ModelConfig] = {n: load_model_config(p, dtype) for n, p in models.items()}
-        specs = [c.kv_spec for c in self.configs.values()]
-        page = page_size_bytes or default_page_size_bytes(specs)
-        torch_models = {n: load_model(c) for n, c in self.configs.items()}
-        dev = torch.device(device)
-        if dev.type != "cpu":
-            for m in torch_models.values():
-                _move(m, dev)
-        if kv_cache_memory is None:
-            if dev.type != "cuda":
-                raise ValueError("kv_cache_memory is required on CPU (for example '2GiB')")
-            free, _ = torch.cuda.mem_get_info(dev)
-            budget = int(free * gpu_memory_utilization)
-        else:
-            budget = parse_bytes(kv_cache_memory)
-        num_pages = budget // page
-        if num_pages < 1:
-            raise ValueError(f"kv_cache_memory={kv_cache_memory!r} is smaller than one page ({page} bytes)")
-        self.kv = KVCacheManager(PagePool(num_pages, page))
-        for n, c in self.configs.items():
-            self.kv.add_model(n, c.kv_spec)
-        tpp = {n: self.kv.tokens_per_page(n) for n in self.configs}
-        executor = ModelExecutor(torch_models, num_pages, page, tpp, dev)
-        self.scheduler = Scheduler(self.kv, make_policy(scheduling_policy),
-                                   SchedulerConfig(max_num_batched_tokens, max_num_seqs))
-        self.core = ReplicaCore(self.scheduler, executor, WallClock())
+        cfg = DeploymentConfig(
+            models=tuple(ModelEntry(n, p, dtype) for n, p in models.items()), device=device,
+            kv_cache_memory=kv_cache_memory, page_size_bytes=page_size_bytes, scheduling_policy=scheduling_policy,
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization)
+        stack = build_engine(cfg)
+        self.configs: dict[str, ModelConfig] = stack.model_configs
+        self.kv = stack.kv
+        self.scheduler = stack.scheduler
+        self.core = stack.core
         self.tokenizers = {n: load_tokenizer(p) for n, p in models.items()}
         self._ids = itertools.count()
-        logger.info("seallm: %d model(s) on %s, KV pool %d pages x %d bytes, tokens/page %s, policy %s",
-                    len(models), device, num_pages, page, tpp, scheduling_policy)
 
     @property
     def model_names(self) -> list[str]:
@@ -210,15 +185,3 @@ def _per_prompt(value: Any, n: int, what: str) -> list[Any]:
         raise ValueError(f"{what} has {len(value)} entries for {n} prompts")
     return value
 
-
-def _move(model: Any, dev: Any) -> None:
-    model.embed = model.embed.to(dev)
-    model.lm_head = model.embed if model.config.tie_word_embeddings else model.lm_head.to(dev)
-    model.norm = model.norm.to(dev)
-    for w in model.layers:
-        for k, v in vars(w).items():
-            if v is not None:
-                setattr(w, k, v.to(dev))
-    model.rope.device = dev
-    model.rope._cos = model.rope._cos[:0].to(dev)  # rebuilt on the device on first use
-    model.rope._sin = model.rope._sin[:0].to(dev)

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from seallm.models.cpu_kernels import decode_attention_available
+from seallm.models.cpu_kernels import paged_decode_attention as cpu_paged_decode_attention
+
 
 def kv_view(pool: torch.Tensor, page_size_bytes: int, num_layers: int, tokens_per_page: int,
             num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -66,6 +69,8 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None  # [Bd, Pmax] long
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, Pmax * tokens_per_page] bool
     prefills: list[PrefillSeq]
+    decode_context_lens: torch.Tensor | None = None  # [Bd] long: keys of each decode query (CPU kernel)
+    sliding_window: int | None = None  # the model's window (None: full attention)
 
 
 def build_metadata(
@@ -91,7 +96,7 @@ def build_metadata(
     slot_pages = torch.tensor(pages, dtype=torch.long)
     slot_offsets = torch.tensor(offs, dtype=torch.long)
 
-    dec_bt = dec_mask = None
+    dec_bt = dec_mask = dec_ctx = None
     if num_decode:
         dec = chunks[:num_decode]
         pmax = max(len(t) for _, _, t in dec)
@@ -103,7 +108,7 @@ def build_metadata(
         m = kpos[None, :] < ctx[:, None]
         if sliding_window is not None:
             m &= kpos[None, :] > (ctx[:, None] - 1 - sliding_window)
-        dec_bt, dec_mask = bt, m[:, None, None, :]
+        dec_bt, dec_mask, dec_ctx = bt, m[:, None, None, :], ctx
 
     prefills = []
     row = num_decode
@@ -120,7 +125,8 @@ def build_metadata(
             mask = m[None, None]
         prefills.append(PrefillSeq(row, row + n, bt, start + n, fresh, mask))
         row += n
-    return AttentionMetadata(slot_pages, slot_offsets, num_decode, dec_bt, dec_mask, prefills)
+    return AttentionMetadata(slot_pages, slot_offsets, num_decode, dec_bt, dec_mask, prefills, dec_ctx,
+                             sliding_window)
 
 
 def layer_page_views(pool_view: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -155,7 +161,11 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layer:
     out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
     gqa = H != hkv
     nd = meta.num_decode
-    if nd:
+    if nd and q.device.type == "cpu" and meta.decode_context_lens is not None and decode_attention_available():
+        # Native kernel: reads K/V in place from the pages (no gathers); csrc/paged_attention_cpu.cpp.
+        cpu_paged_decode_attention(q[:nd], k_rows, v_rows, meta.decode_block_tables, meta.decode_context_lens,
+                                   kv_layer.shape[2], hkv, scale, meta.sliding_window, out=out[:nd])
+    elif nd:  # reference / fallback: gather the pages, masked SDPA
         bt = meta.decode_block_tables
         kk = k_rows.index_select(0, bt.view(-1)).view(nd, -1, hkv, D).transpose(1, 2)  # [Bd, Hkv, S, D]
         vv = v_rows.index_select(0, bt.view(-1)).view(nd, -1, hkv, D).transpose(1, 2)

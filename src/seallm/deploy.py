@@ -1,0 +1,197 @@
+"""Deployment configuration (YAML or CLI) and the builder of a device's engine stack.
+
+Both the offline :class:`seallm.LLM` and the server's engine process build their
+``ReplicaCore`` here, so the two paths never drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from seallm.core import WallClock
+from seallm.engine.core import ReplicaCore
+from seallm.kv import KVCacheManager, PagePool, default_page_size_bytes, parse_bytes
+from seallm.models.config import ModelConfig, load_model_config
+from seallm.sched import Scheduler, SchedulerConfig, make_policy
+
+logger = logging.getLogger("seallm")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One served model: its API name, checkpoint folder and dtype ("auto" = checkpoint's)."""
+
+    name: str
+    path: str
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class SLOClass:
+    """A named latency target (seconds); requests may name one with ``slo_class``."""
+
+    name: str
+    ttft: float | None = None
+    tpot: float | None = None
+    e2e: float | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """Everything needed to serve a set of models on one device.
+
+    Attributes:
+        models: the served models.
+        device: "cpu" or "cuda[:i]".
+        kv_cache_memory: KV pool size ("2GiB"); None sizes it from free GPU memory.
+        page_size_bytes: KV page size; None derives it from the models.
+        scheduling_policy: "fcfs".
+        max_num_batched_tokens: per-iteration token budget (chunked prefill).
+        max_num_seqs: most sequences per iteration.
+        gpu_memory_utilization: fraction of free GPU memory for the KV pool.
+        slo_classes: named SLOs requests may refer to.
+        max_tokens_limit: most output tokens one request may ask for (None = context length).
+        host, port, api_key: HTTP front end.
+    """
+
+    models: tuple[ModelEntry, ...]
+    device: str = "cpu"
+    kv_cache_memory: str | int | None = "1GiB"
+    page_size_bytes: int | None = None
+    scheduling_policy: str = "fcfs"
+    max_num_batched_tokens: int = 512
+    max_num_seqs: int = 128
+    gpu_memory_utilization: float = 0.9
+    slo_classes: tuple[SLOClass, ...] = field(default_factory=tuple)
+    max_tokens_limit: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("a deployment needs at least one model")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        SchedulerConfig(self.max_num_batched_tokens, self.max_num_seqs)  # validates
+        make_policy(self.scheduling_policy)  # validates the name
+
+    def with_overrides(self, **kw: Any) -> "DeploymentConfig":
+        """A copy with the given fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def load_deployment(path: str) -> DeploymentConfig:
+    """Read a YAML deployment file.
+
+    Format::
+
+        models:
+          - {name: chat, path: /ckpt/llama, dtype: auto}
+          - {name: code, path: /ckpt/qwen2}
+        device: cpu
+        kv_cache_memory: 2GiB
+        scheduling_policy: fcfs
+        max_num_batched_tokens: 512
+        slo_classes:
+          - {name: interactive, ttft: 0.5, tpot: 0.1}
+
+    Relative model paths are resolved against the file's folder.
+
+    Raises:
+        ValueError: unreadable YAML, unknown keys, or invalid values (the key is named).
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read deployment file ({e})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    known = {f.name for f in fields(DeploymentConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    base = os.path.dirname(os.path.abspath(path))
+    models = []
+    for i, m in enumerate(raw.get("models") or []):
+        if not isinstance(m, dict) or "name" not in m or "path" not in m:
+            raise ValueError(f"{path}: models[{i}] needs 'name' and 'path'")
+        extra = set(m) - {"name", "path", "dtype"}
+        if extra:
+            raise ValueError(f"{path}: models[{i}] has unknown keys {sorted(extra)}")
+        p = os.path.expanduser(str(m["path"]))
+        models.append(ModelEntry(str(m["name"]), p if os.path.isabs(p) else os.path.join(base, p),
+                                 str(m.get("dtype", "auto"))))
+    slos = []
+    for i, s in enumerate(raw.get("slo_classes") or []):
+        try:
+            slos.append(SLOClass(**s))
+        except TypeError as e:
+            raise ValueError(f"{path}: slo_classes[{i}]: {e}") from None
+    rest = {k: v for k, v in raw.items() if k not in ("models", "slo_classes")}
+    try:
+        return DeploymentConfig(models=tuple(models), slo_classes=tuple(slos), **rest)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+@dataclass
+class EngineStack:
+    """A built device: the loop body plus what the front end needs to know per model."""
+
+    core: ReplicaCore
+    kv: KVCacheManager
+    scheduler: Scheduler
+    model_configs: dict[str, ModelConfig]
+
+
+def build_engine(cfg: DeploymentConfig) -> EngineStack:
+    """Load every model, size the unified KV pool and assemble the ``ReplicaCore``.
+
+    Raises:
+        seallm.models.CheckpointError: unsupported or malformed checkpoint.
+        ValueError: bad sizes or a pool smaller than one page.
+    """
+    import torch
+
+    from seallm.models.loader import load_model, move_model
+    from seallm.worker.executor import ModelExecutor
+
+    configs = {m.name: load_model_config(m.path, m.dtype) for m in cfg.models}
+    page = cfg.page_size_bytes or default_page_size_bytes([c.kv_spec for c in configs.values()])
+    dev = torch.device(cfg.device)
+    models = {}
+    for n, c in configs.items():
+        models[n] = load_model(c)
+        if dev.type != "cpu":
+            move_model(models[n], dev)
+    if cfg.kv_cache_memory is None:
+        if dev.type != "cuda":
+            raise ValueError("kv_cache_memory is required on CPU (for example '2GiB')")
+        free, _ = torch.cuda.mem_get_info(dev)
+        budget = int(free * cfg.gpu_memory_utilization)
+    else:
+        budget = parse_bytes(cfg.kv_cache_memory)
+    num_pages = budget // page
+    if num_pages < 1:
+        raise ValueError(f"kv_cache_memory={cfg.kv_cache_memory!r} is smaller than one page ({page} bytes)")
+    kv = KVCacheManager(PagePool(num_pages, page))
+    for n, c in configs.items():
+        kv.add_model(n, c.kv_spec)
+    tpp = {n: kv.tokens_per_page(n) for n in configs}
+    executor = ModelExecutor(models, num_pages, page, tpp, dev)
+    scheduler = Scheduler(kv, make_policy(cfg.scheduling_policy),
+                          SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs))
+    core = ReplicaCore(scheduler, executor, WallClock())
+    logger.info("seallm: %d model(s) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s",
+                len(configs), cfg.device, num_pages, page, tpp, cfg.scheduling_policy)
+    return EngineStack(core, kv, scheduler, configs)

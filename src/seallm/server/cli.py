@@ -1,0 +1,75 @@
+"""``seallm serve``: an OpenAI-compatible server for one device's models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API",
+                       description="With no --model and no --config, serves the built-in demo deployment "
+                                   "(two small random-weight models of different architectures).")
+    p.add_argument("--model", action="append", metavar="NAME=PATH", help="a Hugging Face checkpoint (repeatable)")
+    p.add_argument("--config", help="YAML deployment file (models, device, KV memory, policy, SLO classes)")
+    p.add_argument("--host", default=None, help="default 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default 8000")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
+    p.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
+    p.add_argument("--kv-cache-memory", default=None, help="KV pool size, e.g. 2GiB (default 1GiB)")
+    p.add_argument("--scheduling-policy", default=None, help="fcfs (default)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None, help="per-iteration token budget (512)")
+    p.add_argument("--max-num-seqs", type=int, default=None, help="most sequences per iteration (128)")
+    p.add_argument("--max-tokens-limit", type=int, default=None, help="most output tokens per request")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=run_serve)
+
+
+def deployment_from_args(args: argparse.Namespace):
+    """The :class:`DeploymentConfig` of the command line (file, then flags on top)."""
+    from seallm.cli import _parse_models
+    from seallm.deploy import DeploymentConfig, ModelEntry, load_deployment
+
+    models = _parse_models(args.model or [])
+    if args.config:
+        cfg = load_deployment(args.config)
+        if models:
+            cfg = cfg.with_overrides(models=tuple(ModelEntry(n, p) for n, p in models.items()))
+    else:
+        if not models:
+            from seallm.demo import ensure_demo_checkpoints
+
+            print("seallm: no --model given: serving the demo deployment. Its weights are RANDOM: the text "
+                  "it writes is noise; use it to see the system work, not to read answers.", flush=True)
+            models = ensure_demo_checkpoints()
+        cfg = DeploymentConfig(models=tuple(ModelEntry(n, p) for n, p in models.items()))
+    if args.dtype:
+        cfg = cfg.with_overrides(models=tuple(ModelEntry(m.name, m.path, args.dtype) for m in cfg.models))
+    return cfg.with_overrides(host=args.host, port=args.port, device=args.device,
+                              kv_cache_memory=args.kv_cache_memory, scheduling_policy=args.scheduling_policy,
+                              max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                              max_tokens_limit=args.max_tokens_limit, api_key=args.api_key)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from seallm.server.app import build_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = deployment_from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    app = build_app(cfg)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=args.log_level.lower(),
+                            timeout_graceful_shutdown=5, access_log=False)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else 1

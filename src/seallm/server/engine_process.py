@@ -1,0 +1,155 @@
+"""The engine-core process: owns the device, runs schedule -> execute -> update forever.
+
+It never does HTTP work: requests arrive as :mod:`seallm.engine.messages` over ZeroMQ and
+outputs leave the same way, one message per iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import traceback
+
+import msgspec
+import zmq
+
+from seallm.core import FinishReason, Request
+from seallm.deploy import DeploymentConfig
+from seallm.engine.messages import (AbortRequests, AddRequest, Delta, EngineError, EngineOutputs, FromEngine,
+                                    ModelInfo, ModelStats, Ready, Shutdown, ToEngine)
+
+logger = logging.getLogger("seallm.engine")
+
+_IDLE_POLL_MS = 50
+_STATS_EVERY_S = 0.25
+
+
+def engine_main(cfg: DeploymentConfig, in_addr: str, out_addr: str) -> None:
+    """Entry point of the engine process (spawned by the front end)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when to stop
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(in_addr)
+    push = ctx.socket(zmq.PUSH)
+    push.connect(out_addr)
+    enc = msgspec.msgpack.Encoder()
+    try:
+        from seallm.deploy import build_engine
+
+        stack = build_engine(cfg)
+    except Exception as e:  # report why, then exit
+        push.send(enc.encode(EngineError(f"{type(e).__name__}: {e}")))
+        push.close(linger=2000)
+        ctx.term()
+        return
+    try:
+        _EngineLoop(stack, pull, push, enc).run()
+    finally:
+        pull.close(linger=0)
+        push.close(linger=1000)
+        ctx.term()
+
+
+class _EngineLoop:
+    def __init__(self, stack, pull: zmq.Socket, push: zmq.Socket, enc: msgspec.msgpack.Encoder) -> None:
+        self.core = stack.core
+        self.kv = stack.kv
+        self.sched = stack.scheduler
+        self.configs = stack.model_configs
+        self.pull, self.push, self.enc = pull, push, enc
+        self.dec = msgspec.msgpack.Decoder(ToEngine)
+        self.sent: dict[str, int] = {}  # request id -> output tokens already sent
+        self.poller = zmq.Poller()
+        self.poller.register(pull, zmq.POLLIN)
+        self._last_stats = 0.0
+
+    def _send(self, msg: FromEngine) -> None:
+        self.push.send(self.enc.encode(msg), copy=False)
+
+    def run(self) -> None:
+        self._send(Ready(
+            models=[ModelInfo(n, c.path, c.architecture, c.max_model_len, c.vocab_size, self.kv.capacity_tokens(n))
+                    for n, c in self.configs.items()],
+            scheduling_policy=self.sched.policy.name, num_pages=self.kv.pool.num_pages,
+            page_size_bytes=self.kv.pool.page_size_bytes))
+        while True:
+            timeout = 0 if self.core.has_unfinished() else _IDLE_POLL_MS
+            deltas: list[Delta] = []
+            while self.poller.poll(timeout):
+                timeout = 0
+                msg = self.dec.decode(self.pull.recv(copy=False))
+                if isinstance(msg, Shutdown):
+                    return
+                self._handle(msg, deltas)
+            step_time = 0.0
+            if self.core.has_unfinished():
+                t0 = time.perf_counter()
+                try:
+                    updated = self.core.step()
+                except Exception:  # a bug in one batch must not kill every other client
+                    logger.error("engine step failed:\n%s", traceback.format_exc())
+                    updated = self._abort_all("engine step failed; see the server log")
+                for r in updated:
+                    deltas.append(self._delta(r))
+                step_time = time.perf_counter() - t0
+            now = self.core.clock.now()
+            if deltas or now - self._last_stats > _STATS_EVERY_S:
+                stats = None
+                if now - self._last_stats > _STATS_EVERY_S or not self.core.has_unfinished():
+                    stats = self._stats()
+                    self._last_stats = now
+                self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time))
+
+    def _handle(self, msg: ToEngine, deltas: list[Delta]) -> None:
+        if isinstance(msg, AddRequest):
+            cfg = self.configs.get(msg.model)
+            try:
+                if cfg is None:
+                    raise ValueError(f"model {msg.model!r} is not served here")
+                r = Request(msg.request_id, msg.model, msg.prompt_token_ids, msg.params, msg.arrival_time,
+                            priority=msg.priority, eos_token_ids=frozenset(cfg.eos_token_ids),
+                            max_model_len=cfg.max_model_len)
+                self.core.add_request(r)
+                self.sent[r.request_id] = 0
+            except ValueError as e:
+                deltas.append(Delta(msg.request_id, [], finish_reason="abort", error=str(e)))
+        elif isinstance(msg, AbortRequests):
+            reason = FinishReason(msg.reason) if msg.reason in ("stop", "abort") else FinishReason.ABORT
+            for rid in msg.request_ids:
+                r = self.core.abort_request(rid, reason)
+                self.sent.pop(rid, None)
+                if r is not None:
+                    logger.debug("aborted %s (%s)", rid, reason)
+
+    def _delta(self, r: Request) -> Delta:
+        start = self.sent.get(r.request_id, 0)
+        lps = None
+        if r.params.logprobs is not None:
+            lps = [(lp, list(top)) for lp, top in r.output_logprobs[start:]]
+        d = Delta(r.request_id, r.output_token_ids[start:], lps)
+        if r.is_finished:
+            self.sent.pop(r.request_id, None)
+            d.finish_reason = str(r.finish_reason)
+            d.stop_reason = r.stop_reason
+            d.first_scheduled_time = r.first_scheduled_time
+            d.num_preemptions = r.num_preemptions
+        else:
+            self.sent[r.request_id] = r.num_output_tokens
+        return d
+
+    def _abort_all(self, why: str) -> list[Request]:
+        out = []
+        for rid in list(self.sched.requests):
+            r = self.core.abort_request(rid)
+            if r is not None:
+                out.append(r)
+        for r in out:
+            self.sent.pop(r.request_id, None)
+        return out
+
+    def _stats(self) -> dict[str, ModelStats]:
+        used = self.kv.pages_used_by_model()
+        return {m: ModelStats(self.sched.num_running(m), self.sched.num_waiting(m), used.get(m, 0))
+                for m in self.configs}

@@ -1,0 +1,62 @@
+"""Prometheus metrics of the front end, labelled by model (``GET /metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+_LAT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+                80.0, 160.0, 640.0)
+_TPOT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
+
+
+class ServerMetrics:
+    """Latency histograms (s), request/token counters and engine load gauges."""
+
+    def __init__(self, models: list[str], scheduling_policy: str, num_pages: int) -> None:
+        self.registry = r = CollectorRegistry()
+        lab = ["model"]
+        self.ttft = Histogram("seallm:time_to_first_token_seconds", "Time to first token (s)", lab,
+                              buckets=_LAT_BUCKETS, registry=r)
+        self.tpot = Histogram("seallm:time_per_output_token_seconds", "Time per output token after the first (s)",
+                              lab, buckets=_TPOT_BUCKETS, registry=r)
+        self.e2e = Histogram("seallm:e2e_request_latency_seconds", "End-to-end request latency (s)", lab,
+                             buckets=_LAT_BUCKETS, registry=r)
+        self.queue = Histogram("seallm:request_queue_time_seconds", "Arrival to first scheduling (s)", lab,
+                               buckets=_LAT_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("seallm:prompt_tokens", "Prompt tokens of finished requests", lab, registry=r)
+        self.generation_tokens = Counter("seallm:generation_tokens", "Generated tokens", lab, registry=r)
+        self.finished = Counter("seallm:request_success", "Finished requests by finish reason",
+                                ["model", "finish_reason"], registry=r)
+        self.running = Gauge("seallm:num_requests_running", "Requests holding KV pages", lab, registry=r)
+        self.waiting = Gauge("seallm:num_requests_waiting", "Queued requests", lab, registry=r)
+        self.kv_pages = Gauge("seallm:kv_cache_pages_used", "KV pages held by the model's requests", lab, registry=r)
+        self.kv_total = Gauge("seallm:kv_cache_pages_total", "Pages of the unified KV pool", registry=r)
+        self.kv_total.set(num_pages)
+        Info("seallm:scheduler", "Scheduling policy of the device", registry=r).info({"policy": scheduling_policy})
+        for m in models:  # make every series visible from the start
+            for g in (self.running, self.waiting, self.kv_pages):
+                g.labels(m).set(0)
+
+    def observe_finished(self, model: str, arrival: float, first_token: float | None, finish: float,
+                         prompt_tokens: int, output_tokens: int, finish_reason: str,
+                         first_scheduled: float | None) -> None:
+        """Record one finished sequence (times in s, front-end clock; queue time from the engine)."""
+        if first_token is not None:
+            self.ttft.labels(model).observe(first_token - arrival)
+            if output_tokens > 1:
+                self.tpot.labels(model).observe((finish - first_token) / (output_tokens - 1))
+        self.e2e.labels(model).observe(finish - arrival)
+        if first_scheduled is not None:
+            self.queue.labels(model).observe(max(0.0, first_scheduled - arrival))
+        self.prompt_tokens.labels(model).inc(prompt_tokens)
+        self.generation_tokens.labels(model).inc(output_tokens)
+        self.finished.labels(model, finish_reason).inc()
+
+    def update_engine(self, stats: dict) -> None:
+        for m, s in stats.items():
+            self.running.labels(m).set(s.running)
+            self.waiting.labels(m).set(s.waiting)
+            self.kv_pages.labels(m).set(s.kv_pages_used)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
