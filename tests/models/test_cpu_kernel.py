@@ -91,6 +91,13 @@ def test_matches_reference(dtype, ratio, d):
     _check(dtype, hkv=2, ratio=ratio, d=d, ctxs=CTXS, tpp=16, tail=24)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [8, 24, 48, 80, 256])
+def test_other_head_dims(dtype, d):
+    # not 1/2/4/8 SIMD vectors (runtime loop) or not a multiple of the SIMD width (scalar path)
+    _check(dtype, hkv=2, ratio=2, d=d, ctxs=CTXS, tpp=16, tail=8)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("window", [1, 7, 16, 40, 1000])
 def test_sliding_window(dtype, window):
@@ -160,12 +167,18 @@ def test_paged_attention_uses_kernel(monkeypatch, window):
     T = 3 + 5
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(T, n, d, generator=g) for n in (H, hkv, hkv))
+    import seallm.models.attention as attention
+
+    calls = []
+    real = attention.cpu_paged_decode_attention
+    monkeypatch.setattr(attention, "cpu_paged_decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
     outs = []
     for env in ("1", "0"):
         monkeypatch.setenv("SEALLM_CPU_KERNELS", env)
         view = _pool(num_pages, L, tpp, hkv, d, dtype, 16, 11)  # same pool each time (K/V get written)
         layer = 1
         outs.append(paged_attention(q, k, v, view[:, layer], layer_page_views(view)[layer], meta, d ** -0.5))
+    assert len(calls) == 1  # the kernel with SEALLM_CPU_KERNELS=1 only
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
 
 
@@ -174,3 +187,26 @@ def test_disabled_by_env(monkeypatch):
     assert not cpu_kernels.decode_attention_available()
     monkeypatch.setenv("SEALLM_CPU_KERNELS", "1")
     assert cpu_kernels.decode_attention_available()
+
+
+def test_build_failure_falls_back_with_one_warning(monkeypatch, caplog):
+    import torch.utils.cpp_extension as ext
+
+    calls = []
+
+    def broken_load(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpu_kernels, "_state", {})  # forget the loaded op (restored afterwards)
+    monkeypatch.setattr(ext, "load", broken_load)
+    with caplog.at_level("WARNING", logger="seallm"):
+        assert not cpu_kernels.decode_attention_available()
+        assert not cpu_kernels.decode_attention_available()
+    assert len(calls) == 1
+    warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "Ninja" in warnings[0].getMessage()
+    with pytest.raises(RuntimeError, match="could not be built"):
+        cpu_kernels.paged_decode_attention(torch.zeros(1, 1, 4), torch.zeros(1, 4), torch.zeros(1, 4),
+                                           torch.zeros(1, 1, dtype=torch.long), torch.ones(1, dtype=torch.long),
+                                           1, 1, 1.0)

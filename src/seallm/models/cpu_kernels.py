@@ -3,10 +3,11 @@
 :func:`paged_decode_attention` computes decode attention (one query token per sequence)
 reading K/V in place from the KV pool's pages, instead of gathering every sequence's pages
 into a padded tensor for ``F.scaled_dot_product_attention``. The C++ source is
-``csrc/paged_attention_cpu.cpp``; it is compiled (``-O3 -march=native -fopenmp``, about a
-minute on two cores, needs a C++ compiler and ``ninja``) the first time a CPU model runs
-a decode step, then cached under ``~/.cache/seallm/torch_extensions`` (one build per CPU
-type, since ``-march=native`` code may not run elsewhere).
+``csrc/paged_attention_cpu.cpp``; it is compiled (``-O3 -march=native -fopenmp``, ~15 s
+on two cores, needs a C++ compiler and ``ninja``) the first time a CPU model runs a decode
+step, then cached under ``~/.cache/seallm/torch_extensions`` (override with
+``SEALLM_TORCH_EXTENSIONS_DIR``; one build per CPU type and torch version, since
+``-march=native`` code may not run elsewhere); later processes load it in ~0.2 s.
 
 Set ``SEALLM_CPU_KERNELS=0`` to disable the kernels (the SDPA path is used instead).
 """
@@ -100,8 +101,11 @@ def _load():
             )
             op = torch.ops.seallm_cpu.paged_decode_attention
         except Exception as e:  # no compiler, no ninja, build error, ...
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            brief = " | ".join(lines[:1] + lines[-3:] if len(lines) > 4 else lines)[:800]
             logger.warning("seallm CPU attention kernel unavailable, using the SDPA fallback: %s: %s",
-                           type(e).__name__, str(e).strip().splitlines()[-1] if str(e).strip() else "")
+                           type(e).__name__, brief)
+            logger.debug("CPU kernel build failure", exc_info=True)
         _state["compile_s"] = time.perf_counter() - t0
         _state["op"] = op
         if op is not None:

@@ -48,7 +48,8 @@ def write_tokenizer(path: str, vocab_size: int = 512) -> Any:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   pad_token="<|pad|>", additional_special_tokens=specials[3:])
+                                   pad_token="<|pad|>", additional_special_tokens=specials[3:],
+                                   model_input_names=["input_ids", "attention_mask"])
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
     return fast

@@ -81,7 +81,7 @@ class ModelExecutor:
 
 
 def _to_device(meta, dev: torch.device):
-    for name in ("slot_pages", "slot_offsets", "decode_block_tables", "decode_mask"):
+    for name in ("slot_pages", "slot_offsets", "decode_block_tables", "decode_mask", "decode_context_lens"):
         t = getattr(meta, name)
         if t is not None:
             setattr(meta, name, t.to(dev, non_blocking=True))

@@ -39,7 +39,8 @@
 
 namespace {
 
-constexpr int64_t kBlock = 64;  // keys per softmax block
+constexpr int64_t kBlock = 64;    // keys per softmax block
+constexpr int64_t kPrefetch = 8;  // tokens of K prefetched ahead
 
 // ---- element types: storage and scalar conversion -------------------------------------
 
@@ -210,6 +211,11 @@ inline float exp_f32(float x) {
   return out;
 }
 
+inline void prefetch_row(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+}
+
 template <typename OutT>
 inline void store_out(OutT* dst, const float* src, int64_t n, float mul) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<OutT>(src[i] * mul);  // bf16/fp16: round to nearest even
@@ -255,7 +261,12 @@ void attend(const Params& P, int64_t b, int64_t kh0, int64_t kh1, const OutT* q,
   }
   std::fill(acc, acc + nh * D, 0.f);
 
+  const int64_t row_bytes = nkh * D * static_cast<int64_t>(sizeof(T));
   const int64_t start = (P.window > 0 && ctx > P.window) ? ctx - P.window : 0;
+  for (int64_t j = 0; j < std::min(kPrefetch, ctx - start); ++j) {  // the first keys
+    const int64_t ta = start + j, pa = ta / tpp;
+    prefetch_row(k_rows + bt[pa] * P.k_stride + (ta - pa * tpp) * tok_stride + kh0 * D, row_bytes);
+  }
   for (int64_t t = start; t < ctx;) {
     // A block: tokens [t, t + n), all in one page.
     const int64_t page_idx = t / tpp;
@@ -265,8 +276,16 @@ void attend(const Params& P, int64_t b, int64_t kh0, int64_t kh1, const OutT* q,
     const T* kb = k_rows + page * P.k_stride + off * tok_stride + kh0 * D;
     const T* vb = v_rows + page * P.v_stride + off * tok_stride + kh0 * D;
 
-    // Scores, token by token (each token's K of the item's heads is contiguous).
+    // Scores, token by token (each token's K of the item's heads is contiguous). Software
+    // prefetch: this token's V (used below) and the K of the token kPrefetch ahead, which
+    // may be on another page (pages are scattered: hardware prefetchers restart on each).
     for (int64_t j = 0; j < n; ++j) {
+      prefetch_row(vb + j * tok_stride, row_bytes);
+      const int64_t ta = t + j + kPrefetch;
+      if (ta < ctx) {
+        const int64_t pa = ta / tpp;
+        prefetch_row(k_rows + bt[pa] * P.k_stride + (ta - pa * tpp) * tok_stride + kh0 * D, row_bytes);
+      }
       for (int64_t kh = 0; kh < nkh; ++kh) {
         const T* kr = kb + j * tok_stride + kh * D;
         const float* qk = qf + kh * G * D;
