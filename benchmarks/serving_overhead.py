@@ -68,7 +68,11 @@ def run_engine_direct(path: str, prompts: list[list[int]], conc: int, out_len: i
 
 
 async def _http_stream(session, url: str, body: dict, chat: bool) -> list[float]:
+    """Timestamps of the chunks that carried text, stretched to the usage's token count when
+    the server reports it (chunks with no new text, e.g. a held-back partial character, are
+    not sent)."""
     stamps = []
+    n_tokens = None
     async with session.post(url, json=body) as resp:
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
@@ -79,10 +83,16 @@ async def _http_stream(session, url: str, body: dict, chat: bool) -> list[float]
             d = json.loads(line[6:])
             if "error" in d:
                 raise RuntimeError(str(d["error"])[:300])
+            if d.get("usage"):
+                n_tokens = d["usage"]["completion_tokens"]
             for c in d.get("choices") or []:
                 piece = (c.get("delta") or {}).get("content") if chat else c.get("text")
                 if piece:
                     stamps.append(time.perf_counter())
+    if n_tokens is not None and stamps and n_tokens > len(stamps):
+        # spread the uncounted tokens over the stream (keeps first/last times, fixes the count)
+        first, last = stamps[0], stamps[-1]
+        stamps = [first + (last - first) * k / max(1, n_tokens - 1) for k in range(n_tokens)]
     return stamps
 
 
@@ -166,7 +176,7 @@ def main() -> None:
             lvl = res["levels"][str(conc)] = {}
             lvl["engine_direct"] = run_engine_direct(path, prompts, conc, args.output_len, args.max_num_batched_tokens)
             bodies = [{"model": "m", "prompt": p, "max_tokens": args.output_len, "temperature": 0, "stream": True,
-                       "ignore_eos": True} for p in prompts]
+                       "stream_options": {"include_usage": True}, "ignore_eos": True} for p in prompts]
             lvl["seallm_http"] = asyncio.run(_closed_loop(base + "/v1/completions", bodies, conc, False, 600))
             lvl["http_over_engine_throughput"] = (lvl["seallm_http"]["output_tokens_per_s"]
                                                   / lvl["engine_direct"]["output_tokens_per_s"])
@@ -174,7 +184,8 @@ def main() -> None:
                   f"HTTP {lvl['seallm_http']['output_tokens_per_s']:.0f} tok/s "
                   f"({100 * (1 - lvl['http_over_engine_throughput']):.1f}% cost)", flush=True)
             chats = [{"messages": [{"role": "user", "content": f"Tell me a long story number {i}."}],
-                      "max_tokens": args.output_len, "stream": True} for i in range(n)]
+                      "max_tokens": args.output_len, "stream": True,
+                      "stream_options": {"include_usage": True}} for i in range(n)]
             lvl["_chats"] = chats
             lvl["seallm_chat"] = asyncio.run(_closed_loop(base + "/v1/chat/completions",
                                                           [dict(c, model="m", ignore_eos=True) for c in chats],

@@ -8,9 +8,10 @@ from typing import Any, Sequence
 class IncrementalDetokenizer:
     """Turns a growing list of output token ids into text, emitting only complete characters.
 
-    Uses the prefix/read offset method: decode a short window before the new tokens and
-    emit what the new tokens add, holding back text that ends in an incomplete UTF-8
-    sequence (U+FFFD). Stop strings are searched in the emitted text.
+    With a fast (Rust) tokenizer it uses ``tokenizers``' ``DecodeStream``: one native call
+    per token. Otherwise it uses the prefix/read offset method: decode a short window before
+    the new tokens and emit what they add, holding back text that ends in an incomplete
+    UTF-8 sequence (U+FFFD). Stop strings are searched in the emitted text.
 
     Args:
         tokenizer: a ``transformers`` tokenizer (``decode``, ``convert_ids_to_tokens``).
@@ -41,6 +42,15 @@ class IncrementalDetokenizer:
         self.stopped_by: str | None = None
         self._max_stop = max((len(s) for s in self.stop), default=0)
         self._emitted = 0
+        self._rust = getattr(tokenizer, "_tokenizer", None)
+        self._stream = None
+        if self._rust is not None:
+            try:
+                from tokenizers.decoders import DecodeStream
+
+                self._stream = DecodeStream(list(self._ids), skip_special_tokens=skip_special_tokens)
+            except (ImportError, TypeError):
+                self._stream = None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special,
@@ -56,6 +66,12 @@ class IncrementalDetokenizer:
         """
         if self.stopped_by is not None:
             return ""
+        if self._stream is not None:
+            step, rust = self._stream.step, self._rust
+            delta = "".join(p for p in (step(rust, t) for t in token_ids) if p)
+            if delta:
+                self._append(delta)
+            return self._emit(final=self.stopped_by is not None)
         self._ids.extend(token_ids)
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         full = self._decode(self._ids[self._prefix :])
@@ -68,11 +84,14 @@ class IncrementalDetokenizer:
                 self._ids = self._ids[cut:]
                 self._prefix -= cut
                 self._read -= cut
-            old_len = len(self.text)
-            self.text += delta
-            if self.stop:
-                self._find_stop(max(0, old_len - self._max_stop + 1))
+            self._append(delta)
         return self._emit(final=self.stopped_by is not None)
+
+    def _append(self, delta: str) -> None:
+        old_len = len(self.text)
+        self.text += delta
+        if self.stop:
+            self._find_stop(max(0, old_len - self._max_stop + 1))
 
     def _find_stop(self, start: int) -> None:
         best: tuple[int, str] | None = None
@@ -96,7 +115,7 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """At the end of the request: the held-back text, including a trailing incomplete
         character decoded as U+FFFD."""
-        if self.stopped_by is None and self._read < len(self._ids):
+        if self._stream is None and self.stopped_by is None and self._read < len(self._ids):
             prefix_text = self._decode(self._ids[self._prefix : self._read])
             full = self._decode(self._ids[self._prefix :])
             self._prefix = self._read = len(self._ids)

@@ -32,6 +32,27 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+class APIKeyMiddleware:
+    """Require ``Authorization: Bearer KEY`` on ``/v1`` routes (401 in OpenAI format otherwise).
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` re-streams every SSE chunk
+    through extra tasks and cost ~30% of the front end's CPU under 64 streams.
+    """
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            if auth != self.expected:
+                resp = JSONResponse(error_body("invalid or missing API key", 401), status_code=401)
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(cfg: DeploymentConfig) -> FastAPI:
     """The app serving ``cfg``; the engine process starts with the app and stops with it."""
 
@@ -77,12 +98,8 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         logger.exception("unexpected error")
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}", 500), status_code=500)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if cfg.api_key and request.url.path.startswith("/v1"):
-            if request.headers.get("authorization") != f"Bearer {cfg.api_key}":
-                return JSONResponse(error_body("invalid or missing API key", 401), status_code=401)
-        return await call_next(request)
+    if cfg.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=cfg.api_key)
 
     @app.get("/health")
     async def health(request: Request):

@@ -66,7 +66,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     app = build_app(cfg)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=args.log_level.lower(),
-                            timeout_graceful_shutdown=5, access_log=False)
+                            timeout_graceful_shutdown=5, access_log=False,
+                            loop="auto", http="auto")  # uvloop and httptools when installed
     server = uvicorn.Server(config)
     try:
         server.run()
