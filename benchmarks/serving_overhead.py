@@ -147,23 +147,33 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=2, help="requests per stream slot (requests = rounds x conc)")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=512)
-    ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--peer-time-limit", type=float, default=120.0)
-    args = ap.parse_args()
+MODELS = {
+    # the demo's tiny Llama: ~0.2 ms of engine time per token, the worst case for any front end
+    "demo": None,
+    # the engine issue's shape (hidden 768, 12 layers, 12 heads, 4 KV heads), vocabulary 512
+    "base": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=4, vocab_size=512, max_position_embeddings=2048),
+}
+
+
+def model_path(name: str) -> str:
+    from common import CACHE
 
     from seallm.demo import ensure_demo_checkpoints
+    from seallm.models.random_checkpoint import write_random_checkpoint
 
-    path = ensure_demo_checkpoints()["demo-llama"]
+    if MODELS[name] is None:
+        return ensure_demo_checkpoints()["demo-llama"]
+    path = os.path.join(CACHE, f"llama-{name}-tok")
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        write_random_checkpoint(path, "llama", **MODELS[name])
+    return path
+
+
+def measure(name: str, args) -> dict:
+    path = model_path(name)
     rng = random.Random(0)
-    res: dict = dict(model=f"demo-llama (random Llama, {path})", prompt_len=args.prompt_len,
-                     output_len=args.output_len, levels={})
+    res: dict = dict(checkpoint=path, levels={})
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "seallm.cli", "serve", "--model", f"m={path}", "--port", str(port),
@@ -177,10 +187,10 @@ def main() -> None:
             lvl["engine_direct"] = run_engine_direct(path, prompts, conc, args.output_len, args.max_num_batched_tokens)
             bodies = [{"model": "m", "prompt": p, "max_tokens": args.output_len, "temperature": 0, "stream": True,
                        "stream_options": {"include_usage": True}, "ignore_eos": True} for p in prompts]
-            lvl["seallm_http"] = asyncio.run(_closed_loop(base + "/v1/completions", bodies, conc, False, 600))
+            lvl["seallm_http"] = asyncio.run(_closed_loop(base + "/v1/completions", bodies, conc, False, 900))
             lvl["http_over_engine_throughput"] = (lvl["seallm_http"]["output_tokens_per_s"]
                                                   / lvl["engine_direct"]["output_tokens_per_s"])
-            print(f"c={conc}: engine {lvl['engine_direct']['output_tokens_per_s']:.0f} tok/s, "
+            print(f"{name} c={conc}: engine {lvl['engine_direct']['output_tokens_per_s']:.0f} tok/s, "
                   f"HTTP {lvl['seallm_http']['output_tokens_per_s']:.0f} tok/s "
                   f"({100 * (1 - lvl['http_over_engine_throughput']):.1f}% cost)", flush=True)
             chats = [{"messages": [{"role": "user", "content": f"Tell me a long story number {i}."}],
@@ -189,17 +199,33 @@ def main() -> None:
             lvl["_chats"] = chats
             lvl["seallm_chat"] = asyncio.run(_closed_loop(base + "/v1/chat/completions",
                                                           [dict(c, model="m", ignore_eos=True) for c in chats],
-                                                          conc, True, 600))
+                                                          conc, True, 900))
     finally:
         _stop(server)
     if not args.skip_peer:
-        res["peer"] = run_peer(path, res, args)
+        res["peer"] = run_peer(path, res, args, name)
     for lvl in res["levels"].values():
         lvl.pop("_chats", None)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["demo", "base"])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2, help="requests per stream slot (requests = rounds x conc)")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=512)
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--peer-time-limit", type=float, default=60.0)
+    args = ap.parse_args()
+    res = dict(prompt_len=args.prompt_len, output_len=args.output_len, rounds=args.rounds,
+               models={m: measure(m, args) for m in args.models})
     print("wrote", write_result("serving_overhead", res))
 
 
-def run_peer(path: str, res: dict, args) -> dict:
+def run_peer(path: str, res: dict, args, name: str) -> dict:
     info: dict = {}
     for cb in (True, False):
         port = free_port()
@@ -224,7 +250,7 @@ def run_peer(path: str, res: dict, args) -> dict:
                     base + "/v1/chat/completions", bodies, int(conc), True, args.peer_time_limit))
                 lvl["seallm_chat_over_transformers"] = (lvl["seallm_chat"]["output_tokens_per_s"]
                                                         / max(t["output_tokens_per_s"], 1e-9))
-                print(f"c={conc}: transformers {t['output_tokens_per_s']:.0f} tok/s vs seallm chat "
+                print(f"{name} c={conc}: transformers {t['output_tokens_per_s']:.0f} tok/s vs seallm chat "
                       f"{lvl['seallm_chat']['output_tokens_per_s']:.0f} tok/s", flush=True)
             return info
         finally:
