@@ -20,7 +20,8 @@ class FCFSPolicy(SchedulingPolicy):
         self._last: str | None = None
         self._order: list[str] = []
 
-    def model_order(self, models_with_work: list[str], now: float) -> list[str]:
+    def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
+        models_with_work = list(runnable)
         for m in models_with_work:
             if m not in self._order:
                 self._order.append(m)

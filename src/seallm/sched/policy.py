@@ -23,14 +23,22 @@ class SchedulingPolicy(ABC):
     """
 
     name: str = "abstract"
+    #: Whether higher-priority work may displace running requests (token budget, pages).
+    preemptive: bool = False
 
     @abstractmethod
-    def model_order(self, models_with_work: list[str], now: float) -> list[str]:
-        """Models to try for the next iteration, best first (all of ``models_with_work``)."""
+    def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
+        """Models to try for the next iteration, best first.
+
+        ``runnable`` maps each model with work to its runnable requests (running ones with
+        tokens to compute, then waiting ones)."""
 
     @abstractmethod
     def priority_key(self, request: "Request", now: float) -> Any:
         """Sortable urgency of ``request``; lower runs first and is preempted last."""
+
+    def on_arrival(self, request: "Request", now: float) -> None:
+        """A request was queued. Default: nothing."""
 
     def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
         """Learn from a finished iteration (profiles, budgets). Default: nothing."""
@@ -40,14 +48,15 @@ class SchedulingPolicy(ABC):
 
 
 def make_policy(name: str) -> SchedulingPolicy:
-    """Policy by name: ``"fcfs"``.
+    """Policy by name: ``"fcfs"`` (vLLM-like baseline) or ``"seallm"`` (doubling budget).
 
     Raises:
         ValueError: for an unknown name, listing the known ones.
     """
     from seallm.sched.fcfs import FCFSPolicy
+    from seallm.sched.seallm import SeaLLMPolicy
 
-    policies = {"fcfs": FCFSPolicy}
+    policies = {"fcfs": FCFSPolicy, "seallm": SeaLLMPolicy}
     try:
         return policies[name]()
     except KeyError:

@@ -61,6 +61,7 @@ class Scheduler:
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting[request.model].append(request)
+        self.policy.on_arrival(request, request.arrival_time)
 
     def finish_request(self, request_id: str, reason: FinishReason, now: float) -> Request | None:
         """End a request early (abort, or a stop string found by the detokenizer); frees its
@@ -87,9 +88,16 @@ class Scheduler:
     # ---- one iteration ---------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan | None:
         """Plan the next iteration, or None when no model has runnable work."""
-        models = [m for m in self.waiting if self.waiting[m] or any(r.num_uncomputed_tokens for r in self.running[m])]
-        for model in self.policy.model_order(models, now):
-            seqs = self._schedule_model(model, now)
+        runnable = {}
+        for m in self.waiting:
+            rs = [r for r in self.running[m] if r.num_uncomputed_tokens] + list(self.waiting[m])
+            if rs:
+                runnable[m] = rs
+        for model in self.policy.model_order(runnable, now):
+            if self.policy.preemptive:
+                seqs = self._schedule_model_preemptive(model, now)
+            else:
+                seqs = self._schedule_model(model, now)
             if seqs:
                 finished, self._finished_ids = tuple(self._finished_ids), []
                 return StepPlan(model=model, seqs=tuple(seqs), finished_ids=finished)
@@ -146,6 +154,57 @@ class Scheduler:
                 self.waiting[model] = deque(r for r in waiting if id(r) not in gone)
         return seqs
 
+    def _schedule_model_preemptive(self, model: str, now: float) -> list[SeqChunk]:
+        """Priority order over running and waiting requests together (SeaLLM §2.3 rule 4):
+        higher-priority work takes the token budget and pages first; running requests that do
+        not fit keep their pages; a request short of pages preempts lower-priority running
+        requests of the device (recompute)."""
+        cfg = self.config
+        key = self.policy.priority_key
+        budget = cfg.max_num_batched_tokens
+        seqs: list[SeqChunk] = []
+        scheduled: set[str] = set()
+        preempted_now: set[str] = set()
+        cands = sorted(self.running[model] + list(self.waiting[model]), key=lambda r: key(r, now))
+        admitted = []
+        for r in cands:
+            if budget == 0 or len(seqs) >= cfg.max_num_seqs:
+                break
+            if r.request_id in preempted_now:
+                continue
+            n = min(r.num_uncomputed_tokens, budget)
+            if n == 0:
+                continue
+            rk = key(r, now)
+            while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
+                victim = self._pick_victim(scheduled | {r.request_id}, now)
+                if victim is None or key(victim, now) <= rk:
+                    victim = None
+                    break
+                self._preempt(victim)
+                preempted_now.add(victim.request_id)
+            else:
+                if r.status is not RequestStatus.RUNNING:
+                    r.status = RequestStatus.RUNNING
+                    if r.first_scheduled_time is None:
+                        r.first_scheduled_time = now
+                    self.running[model].append(r)
+                    admitted.append(r)
+                seqs.append(self._chunk(r, n))
+                scheduled.add(r.request_id)
+                budget -= n
+                continue
+            if r.status is RequestStatus.RUNNING:
+                # Cannot grow and nothing of lower priority to take pages from: it gives its own
+                # pages back so higher-priority requests are never stuck behind it.
+                self._preempt(r)
+                preempted_now.add(r.request_id)
+            break
+        if admitted:
+            gone = {id(r) for r in admitted}
+            self.waiting[model] = deque(r for r in self.waiting[model] if id(r) not in gone)
+        return seqs
+
     def _chunk(self, r: Request, n: int) -> SeqChunk:
         start = r.num_computed_tokens
         return SeqChunk(
@@ -158,12 +217,11 @@ class Scheduler:
             num_output_tokens=r.num_output_tokens,
         )
 
-    def _pick_victim(self, scheduled: set[str], now: float) -> Request:
-        """Lowest-priority running request of the device not yet in this iteration's batch."""
+    def _pick_victim(self, exclude: set[str], now: float) -> Request | None:
+        """Lowest-priority running request of the device (any model) not in ``exclude``."""
         key = self.policy.priority_key
-        cands = [r for q in self.running.values() for r in q if r.request_id not in scheduled]
-        # A candidate always exists: the request being grown is never in ``scheduled``.
-        return max(cands, key=lambda r: key(r, now))
+        cands = [r for q in self.running.values() for r in q if r.request_id not in exclude]
+        return max(cands, key=lambda r: key(r, now)) if cands else None
 
     def _preempt(self, r: Request) -> None:
         self.kv.free(r.request_id)

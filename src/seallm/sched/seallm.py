@@ -1,0 +1,148 @@
+"""SeaLLM's latency-optimized, service-aware scheduling with the doubling budget (DB).
+
+Reference: SeaLLM (arXiv 2504.15720) §3; the rules below follow
+``shared/reference/multi-model-sharing.md`` §2.3, which marks them as our design where the
+paper's listing is not available:
+
+1. Each request gets an estimated execution time Ê from its service profile (prefill of its
+   prompt + an output-length statistic x the iteration time) and an initial budget B = Ê
+   (service-agnostic ablation: the same budget for every service).
+2. Priority key (smaller runs first), compared across all models of the device:
+   ``(API priority, level, B - attained, arrival)``.
+3. After each iteration in which a request ran, its attained service grows by the iteration
+   time; when attained >= B it is demoted one level and its budget doubles (fixed-budget
+   ablation: stays B).
+4. Aging (MLFQ priority boost): every ``aging_interval_s`` a request spends without running
+   promotes it one level, below 0 if need be. No request starves: a request at level k that
+   waits is at level -1 after (k + 1) intervals, ahead of every newly arrived request (level
+   0), and then runs until its remaining budget at that level is spent; each further wait
+   is bounded the same way.
+5. Preemption at iteration boundaries: higher-priority work takes the token budget first;
+   running requests that do not fit keep their KV pages; under memory pressure the
+   lowest-priority running request of the device loses its pages (recompute).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from seallm.sched.policy import SchedulingPolicy
+from seallm.sched.profile import ProfileSeed, ServiceProfile
+
+if TYPE_CHECKING:
+    from seallm.core import Request, StepPlan, StepResult
+
+
+@dataclass(frozen=True)
+class SeaLLMConfig:
+    """Knobs of the doubling-budget policy.
+
+    Attributes:
+        output_quantile: the output-length statistic used in Ê (0.5 = median).
+        service_aware: budgets from each service's profile (False: ``agnostic_budget_s`` for all).
+        agnostic_budget_s: the initial budget of the service-agnostic ablation (s).
+        doubling: double the budget at each demotion (False: fixed budget, plain MLFQ).
+        preemption: let higher-priority work displace running requests (False: run-to-completion
+            order once admitted, like FCFS).
+        aging_interval_s: seconds of waiting that promote a request by one level (None: no aging;
+            requests of the device's other models wait too, so the interval is in wall time).
+        use_request_priority: order first by the API's ``priority`` (lower first), then by DB.
+        seeds: per-model starting profiles.
+    """
+
+    output_quantile: float = 0.5
+    service_aware: bool = True
+    agnostic_budget_s: float = 1.0
+    doubling: bool = True
+    preemption: bool = True
+    aging_interval_s: float | None = 10.0
+    use_request_priority: bool = True
+    seeds: dict[str, ProfileSeed] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.output_quantile <= 1.0:
+            raise ValueError(f"output_quantile must be in [0, 1], got {self.output_quantile}")
+        if self.aging_interval_s is not None and self.aging_interval_s <= 0:
+            raise ValueError("aging_interval_s must be positive or None")
+        if self.agnostic_budget_s <= 0:
+            raise ValueError("agnostic_budget_s must be positive")
+
+
+@dataclass
+class _DBState:
+    budget_s: float
+    level: int = 0
+    attained_s: float = 0.0
+    last_ran: float = 0.0
+
+
+class SeaLLMPolicy(SchedulingPolicy):
+    """The doubling-budget policy (``scheduling_policy: seallm``)."""
+
+    name = "seallm"
+
+    def __init__(self, config: SeaLLMConfig | None = None) -> None:
+        self.config = config or SeaLLMConfig()
+        self.preemptive = self.config.preemption
+        self.profiles: dict[str, ServiceProfile] = {}
+        self._state: dict[str, _DBState] = {}
+
+    def profile(self, model: str) -> ServiceProfile:
+        p = self.profiles.get(model)
+        if p is None:
+            p = self.profiles[model] = ServiceProfile(self.config.seeds.get(model))
+        return p
+
+    def state(self, request_id: str) -> _DBState | None:
+        return self._state.get(request_id)
+
+    def on_arrival(self, request: "Request", now: float) -> None:
+        c = self.config
+        if c.service_aware:
+            budget = self.profile(request.model).estimate(request.num_prompt_tokens, c.output_quantile)
+        else:
+            budget = c.agnostic_budget_s
+        self._state[request.request_id] = _DBState(max(budget, 1e-6), last_ran=request.arrival_time)
+
+    def priority_key(self, request: "Request", now: float) -> tuple:
+        st = self._state.get(request.request_id)
+        if st is None:  # arrived before the policy was attached
+            self.on_arrival(request, now)
+            st = self._state[request.request_id]
+        user = request.priority if self.config.use_request_priority else 0
+        return (user, st.level, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
+
+    def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
+        """The model whose best runnable request has the highest priority runs next."""
+        best = {m: min(self.priority_key(r, now) for r in rs) for m, rs in runnable.items()}
+        return sorted(runnable, key=lambda m: best[m])
+
+    def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
+        prefill = sum(s.num_tokens for s in plan.seqs if not s.is_decode)
+        decode = sum(1 for s in plan.seqs if s.is_decode)
+        self.profile(plan.model).observe_step(result.step_time, prefill, decode)
+        ran = set()
+        for s in plan.seqs:
+            st = self._state.get(s.request_id)
+            if st is None:
+                continue
+            ran.add(s.request_id)
+            st.attained_s += result.step_time
+            st.last_ran = now
+            while st.attained_s >= st.budget_s:
+                st.level += 1
+                st.attained_s -= st.budget_s
+                if self.config.doubling:
+                    st.budget_s *= 2
+        interval = self.config.aging_interval_s
+        if interval is not None:
+            for rid, st in self._state.items():
+                if rid not in ran and now - st.last_ran >= interval:
+                    st.level -= 1
+                    st.last_ran = now
+
+    def on_finish(self, request: "Request", now: float) -> None:
+        self._state.pop(request.request_id, None)
+        if request.num_output_tokens and str(request.finish_reason) != "abort":
+            self.profile(request.model).observe_output_length(request.num_output_tokens)
