@@ -113,7 +113,8 @@ async def _closed_loop(url: str, bodies: list[dict], conc: int, chat: bool, time
                 errors.append(str(e))
 
     conn = aiohttp.TCPConnector(limit=conc + 4)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=time_limit + 60)) as s:
+    timeout = aiohttp.ClientTimeout(total=time_limit + 60, sock_read=30)  # a stalled stream is an error
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
         await asyncio.gather(*[worker(s) for _ in range(conc)])
     out = summarize(results, start, time.perf_counter())
     out["errors"] = len(errors)
@@ -239,7 +240,7 @@ def run_peer(path: str, res: dict, args, name: str) -> dict:
             _wait(base, proc, "/v1/models")
             probe = asyncio.run(_closed_loop(base + "/v1/chat/completions", [
                 {"model": path, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}],
-                1, True, 120))
+                1, True, 20))
             if probe["errors"] or probe["output_tokens"] == 0:
                 info["continuous_batching_failed" if cb else "plain_failed"] = probe.get("first_error", "no tokens")
                 continue

@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     from seallm.demo import add_demo_parser
     from seallm.server.cli import add_serve_parser
 
+    from seallm.profiling import add_profile_parser
+
     add_serve_parser(sub)
     add_demo_parser(sub)
+    add_profile_parser(sub)
     try:
         from seallm.bench.cli import add_bench_parser
     except ImportError:

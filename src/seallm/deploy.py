@@ -48,7 +48,8 @@ class DeploymentConfig:
         device: "cpu" or "cuda[:i]".
         kv_cache_memory: KV pool size ("2GiB"); None sizes it from free GPU memory.
         page_size_bytes: KV page size; None derives it from the models.
-        scheduling_policy: "fcfs".
+        scheduling_policy: "fcfs" (vLLM-like baseline) or "seallm" (doubling budget).
+        policy_options: knobs of the policy (``seallm``: fields of ``SeaLLMConfig``).
         max_num_batched_tokens: per-iteration token budget (chunked prefill).
         max_num_seqs: most sequences per iteration.
         gpu_memory_utilization: fraction of free GPU memory for the KV pool.
@@ -62,6 +63,7 @@ class DeploymentConfig:
     kv_cache_memory: str | int | None = "1GiB"
     page_size_bytes: int | None = None
     scheduling_policy: str = "fcfs"
+    policy_options: dict = field(default_factory=dict)
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 128
     gpu_memory_utilization: float = 0.9
@@ -78,7 +80,7 @@ class DeploymentConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         SchedulerConfig(self.max_num_batched_tokens, self.max_num_seqs)  # validates
-        make_policy(self.scheduling_policy)  # validates the name
+        make_policy(self.scheduling_policy, self.policy_options)  # validates name and options
 
     def with_overrides(self, **kw: Any) -> "DeploymentConfig":
         """A copy with the given fields replaced (None values are ignored)."""
@@ -95,7 +97,8 @@ def load_deployment(path: str) -> DeploymentConfig:
           - {name: code, path: /ckpt/qwen2}
         device: cpu
         kv_cache_memory: 2GiB
-        scheduling_policy: fcfs
+        scheduling_policy: seallm
+        policy_options: {output_quantile: 0.5, aging_interval_s: 10}
         max_num_batched_tokens: 512
         slo_classes:
           - {name: interactive, ttft: 0.5, tpot: 0.1}
@@ -189,7 +192,7 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
         kv.add_model(n, c.kv_spec)
     tpp = {n: kv.tokens_per_page(n) for n in configs}
     executor = ModelExecutor(models, num_pages, page, tpp, dev)
-    scheduler = Scheduler(kv, make_policy(cfg.scheduling_policy),
+    scheduler = Scheduler(kv, make_policy(cfg.scheduling_policy, cfg.policy_options),
                           SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs))
     core = ReplicaCore(scheduler, executor, WallClock())
     logger.info("seallm: %d model(s) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s",

@@ -47,17 +47,30 @@ class SchedulingPolicy(ABC):
         """Forget per-request state. Default: nothing."""
 
 
-def make_policy(name: str) -> SchedulingPolicy:
+def make_policy(name: str, options: dict | None = None) -> SchedulingPolicy:
     """Policy by name: ``"fcfs"`` (vLLM-like baseline) or ``"seallm"`` (doubling budget).
 
+    ``options`` are the policy's knobs (for ``seallm``: the fields of
+    :class:`~seallm.sched.seallm.SeaLLMConfig`; ``seeds`` maps model -> ProfileSeed fields).
+
     Raises:
-        ValueError: for an unknown name, listing the known ones.
+        ValueError: an unknown name (listing the known ones) or an unknown / invalid option.
     """
     from seallm.sched.fcfs import FCFSPolicy
-    from seallm.sched.seallm import SeaLLMPolicy
+    from seallm.sched.seallm import SeaLLMConfig, SeaLLMPolicy
+    from seallm.sched.profile import ProfileSeed
 
-    policies = {"fcfs": FCFSPolicy, "seallm": SeaLLMPolicy}
-    try:
-        return policies[name]()
-    except KeyError:
-        raise ValueError(f"unknown scheduling policy {name!r}; known: {sorted(policies)}") from None
+    options = dict(options or {})
+    if name == "fcfs":
+        if options:
+            raise ValueError(f"policy 'fcfs' takes no options, got {sorted(options)}")
+        return FCFSPolicy()
+    if name == "seallm":
+        seeds = options.pop("seeds", None) or {}
+        try:
+            seeds = {m: v if isinstance(v, ProfileSeed) else ProfileSeed(**{
+                k: tuple(x) if k == "output_lengths" else x for k, x in v.items()}) for m, v in seeds.items()}
+            return SeaLLMPolicy(SeaLLMConfig(seeds=seeds, **options))
+        except TypeError as e:
+            raise ValueError(f"invalid option for policy 'seallm': {e}") from None
+    raise ValueError(f"unknown scheduling policy {name!r}; known: ['fcfs', 'seallm']")

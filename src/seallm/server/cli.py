@@ -18,7 +18,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
     p.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
     p.add_argument("--kv-cache-memory", default=None, help="KV pool size, e.g. 2GiB (default 1GiB)")
-    p.add_argument("--scheduling-policy", default=None, help="fcfs (default)")
+    p.add_argument("--scheduling-policy", default=None, help="fcfs (default) or seallm")
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="per-iteration token budget (512)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="most sequences per iteration (128)")
     p.add_argument("--max-tokens-limit", type=int, default=None, help="most output tokens per request")

@@ -1,0 +1,63 @@
+"""Analytic roofline cost model: max(compute time, memory time) + a fixed step overhead.
+
+Reference: the roofline model (Williams et al., CACM 2009) applied per iteration, as SeaLLM
+and SLOs-Serve do for their schedulers (``shared/reference/slo-scheduling.md`` §1.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seallm.cost.batch import BatchShape
+from seallm.cost.device import DeviceSpec
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Sizes of a Llama-family decoder (elements; ``dtype_bytes`` per element)."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    dtype_bytes: int
+
+    @property
+    def layer_params(self) -> int:
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return self.hidden_size * (q + 2 * kv) + q * self.hidden_size + 3 * self.hidden_size * self.intermediate_size
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+
+class RooflineCostModel:
+    """Predicted step time (s) of ``shape`` on ``device``.
+
+    FLOPs: 2 x layer params x batch tokens + 4 x layers x heads x head_dim x query-key pairs
+    + 2 x vocab x hidden x sampled rows. Bytes: all weights once + KV read (context tokens)
+    + KV written (batch tokens).
+    """
+
+    def __init__(self, shape: ModelShape, device: DeviceSpec) -> None:
+        self.shape = shape
+        self.device = device
+
+    def flops(self, b: BatchShape) -> float:
+        s = self.shape
+        attn = 4 * s.num_layers * s.num_heads * s.head_dim * b.attention_pairs
+        return 2 * s.num_layers * s.layer_params * b.num_tokens + attn + 2 * s.vocab_size * s.hidden_size * b.num_sampled
+
+    def bytes(self, b: BatchShape) -> float:
+        s = self.shape
+        weights = (s.num_layers * s.layer_params + 2 * s.vocab_size * s.hidden_size) * s.dtype_bytes
+        return weights + s.kv_bytes_per_token * (b.num_context_tokens + b.num_tokens)
+
+    def step_time(self, batch: BatchShape) -> float:
+        d = self.device
+        return max(self.flops(batch) / d.flops(self.shape.dtype_bytes), self.bytes(batch) / d.memory_bandwidth) \
+            + d.step_overhead_s
