@@ -50,6 +50,8 @@ class DeploymentConfig:
         page_size_bytes: KV page size; None derives it from the models.
         scheduling_policy: "fcfs" (vLLM-like baseline) or "seallm" (doubling budget).
         policy_options: knobs of the policy (``seallm``: fields of ``SeaLLMConfig``).
+        profiles_path: JSON file where the ``seallm`` policy keeps its service profiles
+            (loaded at start if present, written at shutdown).
         max_num_batched_tokens: per-iteration token budget (chunked prefill).
         max_num_seqs: most sequences per iteration.
         gpu_memory_utilization: fraction of free GPU memory for the KV pool.
@@ -64,6 +66,7 @@ class DeploymentConfig:
     page_size_bytes: int | None = None
     scheduling_policy: str = "fcfs"
     policy_options: dict = field(default_factory=dict)
+    profiles_path: str | None = None
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 128
     gpu_memory_utilization: float = 0.9
@@ -192,8 +195,11 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
         kv.add_model(n, c.kv_spec)
     tpp = {n: kv.tokens_per_page(n) for n in configs}
     executor = ModelExecutor(models, num_pages, page, tpp, dev)
-    scheduler = Scheduler(kv, make_policy(cfg.scheduling_policy, cfg.policy_options),
-                          SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs))
+    policy = make_policy(cfg.scheduling_policy, cfg.policy_options)
+    if cfg.profiles_path and os.path.exists(cfg.profiles_path) and hasattr(policy, "load_profiles"):
+        logger.info("seallm: service profiles of %s loaded from %s", policy.load_profiles(cfg.profiles_path),
+                    cfg.profiles_path)
+    scheduler = Scheduler(kv, policy, SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs))
     core = ReplicaCore(scheduler, executor, WallClock())
     logger.info("seallm: %d model(s) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s",
                 len(configs), cfg.device, num_pages, page, tpp, cfg.scheduling_policy)

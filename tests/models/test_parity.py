@@ -91,3 +91,21 @@ def test_two_architectures_with_preemption(checkpoints, references):
     assert llm.scheduler.num_preemptions > 0
     llm.kv.check_integrity()
     assert llm.kv.pages_used_by_model() == {"a": 0, "b": 0}
+
+
+def test_seallm_policy_preemption_keeps_greedy_parity(checkpoints, references):
+    prompts, ref = references
+    from seallm.models.config import load_model_config
+
+    a = load_model_config(checkpoints["llama"]).kv_spec
+    b = load_model_config(checkpoints["qwen2"]).kv_spec
+    page = max(a.bytes_per_token, b.bytes_per_token) * 16
+    llm = LLM(models={"a": checkpoints["llama"], "b": checkpoints["qwen2"]}, kv_cache_memory=page * 9,
+              page_size_bytes=page, max_num_batched_tokens=32, scheduling_policy="seallm")
+    names = ["a", "b", "a", "b", "a"]
+    outs = llm.generate(prompts, _greedy(), model=names)
+    for o, name, i in zip(outs, names, range(5)):
+        assert o.token_ids == ref["llama" if name == "a" else "qwen2"][i]
+    assert llm.scheduler.num_preemptions > 0
+    llm.kv.check_integrity()
+    assert llm.kv.pool.num_used == 0

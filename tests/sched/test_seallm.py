@@ -199,3 +199,22 @@ def test_policy_by_name():
     assert make_policy("seallm").name == "seallm"
     with pytest.raises(ValueError):
         SeaLLMConfig(output_quantile=2.0)
+
+
+def test_profiles_survive_a_restart(tmp_path):
+    policy = seallm()
+    core = make(policy)
+    for i in range(5):
+        core.add_request(req(f"r{i}", max_tokens=3 + i))
+    while core.has_unfinished():
+        core.step()
+        core.clock.advance(STEP)
+    path = str(tmp_path / "profiles.json")
+    policy.save_profiles(path)
+    fresh = SeaLLMPolicy()
+    assert fresh.load_profiles(path) == ["a"]
+    assert fresh.profile("a").output_length(0.5) == policy.profile("a").output_length(0.5)
+    assert fresh.profile("a").iteration_time_s == pytest.approx(policy.profile("a").iteration_time_s)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a seallm profile file"):
+        fresh.load_profiles(str(tmp_path / "bad.json"))

@@ -33,6 +33,10 @@ CASES = [
     ("logprobs too large", "/v1/completions", dict(GOOD, logprobs=100), 400),
     ("echo unsupported", "/v1/completions", dict(GOOD, echo=True), 400),
     ("missing model", "/v1/completions", {"prompt": "x"}, 400),
+    ("unknown slo_class", "/v1/completions", dict(GOOD, slo_class="gold"), 400),
+    ("negative slo", "/v1/completions", dict(GOOD, slo={"e2e": -1}), 400),
+    ("slo and slo_class", "/v1/completions", dict(GOOD, slo={"e2e": 1}, slo_class="x"), 400),
+    ("wrong type priority", "/v1/completions", dict(GOOD, priority="high"), 400),
 ]
 
 

@@ -118,3 +118,9 @@ def test_health_version_metrics(server):
                  "seallm:num_requests_running", "seallm:num_requests_waiting", "seallm:kv_cache_pages_used"):
         assert name in text
     assert 'model="llama"' in text and 'model="qwen2"' in text
+
+
+def test_priority_and_slo_are_accepted(client):
+    r = client.completions.create(model="llama", prompt="x", max_tokens=3,
+                                  extra_body={"priority": -5, "slo": {"ttft": 1.0, "e2e": 5.0}, "ignore_eos": True})
+    assert r.usage.completion_tokens == 3

@@ -5,7 +5,7 @@ Nothing here imports torch or does I/O.
 
 from seallm.core.clock import Clock, ManualClock, WallClock
 from seallm.core.plan import SeqChunk, StepPlan, StepResult, SampleOutput
-from seallm.core.request import FinishReason, Request, RequestStatus
+from seallm.core.request import SLO, FinishReason, Request, RequestStatus
 from seallm.core.sampling_params import SamplingParams
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "ManualClock",
     "Request",
     "RequestStatus",
+    "SLO",
     "SampleOutput",
     "SamplingParams",
     "SeqChunk",

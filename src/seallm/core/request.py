@@ -8,6 +8,26 @@ from dataclasses import dataclass, field
 from seallm.core.sampling_params import SamplingParams
 
 
+@dataclass(frozen=True)
+class SLO:
+    """Latency targets of one request, seconds (None = no target).
+
+    Attributes:
+        ttft: time to first token. tpot: time per output token after the first.
+        e2e: end-to-end latency.
+    """
+
+    ttft: float | None = None
+    tpot: float | None = None
+    e2e: float | None = None
+
+    def __post_init__(self) -> None:
+        for k in ("ttft", "tpot", "e2e"):
+            v = getattr(self, k)
+            if v is not None and not v > 0:
+                raise ValueError(f"slo.{k} must be a positive number of seconds, got {v}")
+
+
 class RequestStatus(enum.Enum):
     """Where a request is in its life."""
 
@@ -39,6 +59,7 @@ class Request:
         params: sampling parameters.
         arrival_time: seconds (engine clock) when the request arrived.
         priority: lower runs first (vLLM convention); FCFS ignores it.
+        slo: latency targets (from the API's ``slo`` object or a named SLO class).
         eos_token_ids: the model's end-of-sequence ids (ignored with ``params.ignore_eos``).
         max_model_len: the model's context length in tokens (prompt + output).
         output_token_ids: generated tokens so far.
@@ -51,6 +72,7 @@ class Request:
     params: SamplingParams
     arrival_time: float
     priority: int = 0
+    slo: SLO | None = None
     eos_token_ids: frozenset[int] = frozenset()
     max_model_len: int = 1 << 30
     output_token_ids: list[int] = field(default_factory=list)

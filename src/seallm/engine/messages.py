@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from seallm.core import SamplingParams
+from seallm.core import SLO, SamplingParams
 
 
 class AddRequest(msgspec.Struct, tag="add", array_like=True):
@@ -20,6 +20,7 @@ class AddRequest(msgspec.Struct, tag="add", array_like=True):
     params: SamplingParams
     arrival_time: float
     priority: int = 0
+    slo: SLO | None = None
 
 
 class AbortRequests(msgspec.Struct, tag="abort", array_like=True):

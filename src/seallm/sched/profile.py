@@ -44,6 +44,17 @@ class ServiceProfile:
         self._lengths: deque[int] = deque(seed.output_lengths, maxlen=window)
         self._sorted: list[int] | None = None
 
+    def to_dict(self) -> dict:
+        """Plain data for persistence (see :meth:`from_dict`)."""
+        return {"iteration_time_s": self.iteration_time_s, "prefill_time_per_token_s": self.prefill_time_per_token_s,
+                "output_lengths": list(self._lengths)}
+
+    @classmethod
+    def from_dict(cls, d: dict, window: int = 512) -> "ServiceProfile":
+        """Raises ``KeyError``/``TypeError``/``ValueError`` on malformed data."""
+        lengths = tuple(int(x) for x in d["output_lengths"]) or (128,)
+        return cls(ProfileSeed(float(d["iteration_time_s"]), float(d["prefill_time_per_token_s"]), lengths), window)
+
     def observe_step(self, step_time_s: float, prefill_tokens: int, decode_tokens: int) -> None:
         """Refresh the time model from one iteration of this service (times in s)."""
         a = self.smoothing

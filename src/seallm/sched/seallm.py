@@ -94,6 +94,33 @@ class SeaLLMPolicy(SchedulingPolicy):
             p = self.profiles[model] = ServiceProfile(self.config.seeds.get(model))
         return p
 
+    def save_profiles(self, path: str) -> None:
+        """Write every service profile to ``path`` (JSON) so a restart does not start blind."""
+        import json
+        import os
+
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({m: p.to_dict() for m, p in self.profiles.items()}, f)
+        os.replace(tmp, path)
+
+    def load_profiles(self, path: str) -> list[str]:
+        """Load profiles saved by :meth:`save_profiles`; returns the models loaded.
+
+        Raises:
+            ValueError: the file is not a valid profile file.
+        """
+        import json
+
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            loaded = {m: ServiceProfile.from_dict(d) for m, d in data.items()}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path}: not a seallm profile file ({e})") from None
+        self.profiles.update(loaded)
+        return list(loaded)
+
     def state(self, request_id: str) -> _DBState | None:
         return self._state.get(request_id)
 

@@ -70,7 +70,10 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         metrics = ServerMetrics(list(models), ready.scheduling_policy, ready.num_pages)
         app.state.engine = engine
         app.state.metrics = metrics
-        app.state.serving = OpenAIServing(engine, models, metrics, cfg.max_tokens_limit)
+        from seallm.core import SLO
+
+        slo_classes = {c.name: SLO(c.ttft, c.tpot, c.e2e) for c in cfg.slo_classes}
+        app.state.serving = OpenAIServing(engine, models, metrics, cfg.max_tokens_limit, slo_classes)
         app.state.created = int(time.time())
         logger.info("seallm %s serving %s on http://%s:%d (policy %s)", seallm.__version__, ", ".join(models),
                     cfg.host, cfg.port, ready.scheduling_policy)

@@ -46,6 +46,10 @@ def engine_main(cfg: DeploymentConfig, in_addr: str, out_addr: str) -> None:
         return
     try:
         _EngineLoop(stack, pull, push, enc).run()
+        policy = stack.scheduler.policy
+        if cfg.profiles_path and hasattr(policy, "save_profiles"):
+            policy.save_profiles(cfg.profiles_path)
+            logger.info("service profiles saved to %s", cfg.profiles_path)
     finally:
         pull.close(linger=0)
         push.close(linger=1000)
@@ -109,7 +113,7 @@ class _EngineLoop:
                 if cfg is None:
                     raise ValueError(f"model {msg.model!r} is not served here")
                 r = Request(msg.request_id, msg.model, msg.prompt_token_ids, msg.params, msg.arrival_time,
-                            priority=msg.priority, eos_token_ids=frozenset(cfg.eos_token_ids),
+                            priority=msg.priority, slo=msg.slo, eos_token_ids=frozenset(cfg.eos_token_ids),
                             max_model_len=cfg.max_model_len)
                 self.core.add_request(r)
                 self.sent[r.request_id] = 0

@@ -16,6 +16,14 @@ class StreamOptions(_Strict):
     continuous_usage_stats: StrictBool = False
 
 
+class SLOSpec(_Strict):
+    """Per-request latency targets in seconds (seallm extension)."""
+
+    ttft: float | None = Field(None, gt=0)
+    tpot: float | None = Field(None, gt=0)
+    e2e: float | None = Field(None, gt=0)
+
+
 class _Sampling(_Strict):
     """Fields shared by completions and chat completions."""
 
@@ -36,6 +44,8 @@ class _Sampling(_Strict):
     top_k: StrictInt | None = None
     min_p: float | None = None
     priority: StrictInt = 0
+    slo: SLOSpec | None = None
+    slo_class: StrictStr | None = None
     stop_token_ids: list[StrictInt] | None = None
     include_stop_str_in_output: StrictBool = False
     skip_special_tokens: StrictBool = True

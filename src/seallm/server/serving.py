@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from seallm.core import SamplingParams
+from seallm.core import SLO, SamplingParams
 from seallm.engine.detokenizer import IncrementalDetokenizer
 from seallm.engine.messages import AddRequest, Delta, ModelInfo
 from seallm.server.engine_client import EngineClient, EngineDeadError
@@ -56,11 +56,25 @@ class OpenAIServing:
     """Request handling for ``/v1/completions`` and ``/v1/chat/completions``."""
 
     def __init__(self, engine: EngineClient, models: dict[str, ServedModel], metrics: ServerMetrics,
-                 max_tokens_limit: int | None = None) -> None:
+                 max_tokens_limit: int | None = None, slo_classes: dict[str, SLO] | None = None) -> None:
         self.engine = engine
         self.models = models
         self.metrics = metrics
         self.max_tokens_limit = max_tokens_limit
+        self.slo_classes = slo_classes or {}
+
+    def _slo(self, req: Any) -> SLO | None:
+        if req.slo_class is not None:
+            if req.slo is not None:
+                raise APIError("give either slo or slo_class, not both", 400, "slo_class")
+            slo = self.slo_classes.get(req.slo_class)
+            if slo is None:
+                raise APIError(f"unknown slo_class {req.slo_class!r}; deployment classes: "
+                               f"{sorted(self.slo_classes)}", 400, "slo_class")
+            return slo
+        if req.slo is not None:
+            return SLO(req.slo.ttft, req.slo.tpot, req.slo.e2e)
+        return None
 
     # ---- validation ---------------------------------------------------------------------
     def _model(self, name: str) -> ServedModel:
@@ -206,10 +220,11 @@ class OpenAIServing:
 
     async def _run(self, req: Any, http: HTTPRequest, seqs: list[_Seq], chat: bool):
         queue: asyncio.Queue = asyncio.Queue()
+        slo = self._slo(req)
         try:
             for s in seqs:
                 await self.engine.add(AddRequest(s.request_id, s.model, s.prompt_ids, s.params, s.arrival,
-                                                 req.priority), queue, s.index)
+                                                 req.priority, slo), queue, s.index)
         except EngineDeadError as e:
             raise APIError(str(e), 503) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + seqs[0].request_id.split("-")[0]
