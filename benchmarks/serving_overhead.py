@@ -140,6 +140,18 @@ def _wait(base: str, proc: subprocess.Popen, path: str = "/health", timeout: flo
     raise RuntimeError("server not ready")
 
 
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RuntimeError("server not listening")
+
+
 def _stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGINT)
     try:
@@ -235,9 +247,11 @@ def run_peer(path: str, res: dict, args, name: str) -> dict:
                "--device", "cpu", "--force_model", path, "--log_level", "warning"]
         if cb:
             cmd.append("--continuous-batching")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Offline: transformers serve's /v1/models asks the Hugging Face hub, so wait for the port.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, HF_HUB_OFFLINE="1"))
         try:
-            _wait(base, proc, "/v1/models")
+            _wait_port(port, proc)
             probe = asyncio.run(_closed_loop(base + "/v1/chat/completions", [
                 {"model": path, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}],
                 1, True, 20))

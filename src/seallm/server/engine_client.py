@@ -9,8 +9,6 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
-
 import msgspec
 import zmq
 import zmq.asyncio
@@ -65,7 +63,6 @@ class EngineClient:
         self._dec = msgspec.msgpack.Decoder(FromEngine)
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._reader: asyncio.Task | None = None
-        self.on_finished: Any = None  # callback(delta) for metrics
 
     @property
     def alive(self) -> bool:
@@ -121,8 +118,6 @@ class EngineClient:
             for d in msg.deltas:
                 if d.finish_reason is not None:
                     route = self._routes.pop(d.request_id, None)
-                    if self.on_finished is not None:
-                        self.on_finished(d)
                 else:
                     route = self._routes.get(d.request_id)
                 if route is not None:

@@ -94,7 +94,7 @@ class _EngineLoop:
                     updated = self.core.step()
                 except Exception:  # a bug in one batch must not kill every other client
                     logger.error("engine step failed:\n%s", traceback.format_exc())
-                    updated = self._abort_all("engine step failed; see the server log")
+                    updated = self._abort_all()
                 for r in updated:
                     deltas.append(self._delta(r))
                 step_time = time.perf_counter() - t0
@@ -143,7 +143,7 @@ class _EngineLoop:
             self.sent[r.request_id] = r.num_output_tokens
         return d
 
-    def _abort_all(self, why: str) -> list[Request]:
+    def _abort_all(self) -> list[Request]:
         out = []
         for rid in list(self.sched.requests):
             r = self.core.abort_request(rid)
