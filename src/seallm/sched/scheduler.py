@@ -155,31 +155,36 @@ class Scheduler:
         return seqs
 
     def _schedule_model_preemptive(self, model: str, now: float) -> list[SeqChunk]:
-        """Priority order over running and waiting requests together (SeaLLM §2.3 rule 4):
-        higher-priority work takes the token budget and pages first; running requests that do
-        not fit keep their pages; a request short of pages preempts lower-priority running
-        requests of the device (recompute)."""
+        """Priority scheduling over running and waiting requests together (SeaLLM §2.3 rule 4).
+
+        The ``max_num_seqs`` most urgent requests are eligible (a lower-priority running
+        request yields its seat and keeps its pages). Among them, decode tokens go first (one
+        token each: they keep the batch full at little cost), then prefill chunks in priority
+        order. A request short of KV pages takes them from lower-priority running requests of
+        the device (recompute); a waiting request that cannot get pages stops admission.
+        """
         cfg = self.config
         key = self.policy.priority_key
         budget = cfg.max_num_batched_tokens
         seqs: list[SeqChunk] = []
         scheduled: set[str] = set()
         preempted_now: set[str] = set()
-        cands = sorted(self.running[model] + list(self.waiting[model]), key=lambda r: key(r, now))
+        cands = [r for r in self.running[model] if r.num_uncomputed_tokens] + list(self.waiting[model])
+        cands.sort(key=lambda r: key(r, now))
+        eligible = cands[: cfg.max_num_seqs]
+        decodes = [r for r in eligible if r.status is RequestStatus.RUNNING and r.num_uncomputed_tokens == 1]
+        prefills = [r for r in eligible if not (r.status is RequestStatus.RUNNING and r.num_uncomputed_tokens == 1)]
         admitted = []
-        for r in cands:
-            if budget == 0 or len(seqs) >= cfg.max_num_seqs:
+        for r in decodes + prefills:
+            if budget == 0:
                 break
             if r.request_id in preempted_now:
                 continue
             n = min(r.num_uncomputed_tokens, budget)
-            if n == 0:
-                continue
             rk = key(r, now)
             while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
                 victim = self._pick_victim(scheduled | {r.request_id}, now)
                 if victim is None or key(victim, now) <= rk:
-                    victim = None
                     break
                 self._preempt(victim)
                 preempted_now.add(victim.request_id)
@@ -199,6 +204,7 @@ class Scheduler:
                 # pages back so higher-priority requests are never stuck behind it.
                 self._preempt(r)
                 preempted_now.add(r.request_id)
+                continue
             break
         if admitted:
             gone = {id(r) for r in admitted}

@@ -8,7 +8,8 @@ paper's listing is not available:
    prompt + an output-length statistic x the iteration time) and an initial budget B = Ê
    (service-agnostic ablation: the same budget for every service).
 2. Priority key (smaller runs first), compared across all models of the device:
-   ``(API priority, level, B - attained, arrival)``.
+   ``(API priority, level, B - attained, arrival)``. The next iteration runs the model whose
+   most urgent request has the best (API priority, level); tied models take turns.
 3. After each iteration in which a request ran, its attained service grows by the iteration
    time; when attained >= B it is demoted one level and its budget doubles (fixed-budget
    ablation: stays B).
@@ -17,9 +18,10 @@ paper's listing is not available:
    waits is at level -1 after (k + 1) intervals, ahead of every newly arrived request (level
    0), and then runs until its remaining budget at that level is spent; each further wait
    is bounded the same way.
-5. Preemption at iteration boundaries: higher-priority work takes the token budget first;
-   running requests that do not fit keep their KV pages; under memory pressure the
-   lowest-priority running request of the device loses its pages (recompute).
+5. Preemption at iteration boundaries: the ``max_num_seqs`` most urgent requests get the
+   seats (others keep their KV pages and wait); decode tokens go first, then prefill chunks
+   in priority order; under memory pressure the lowest-priority running request of the
+   device loses its pages (recompute).
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class SeaLLMPolicy(SchedulingPolicy):
         self.preemptive = self.config.preemption
         self.profiles: dict[str, ServiceProfile] = {}
         self._state: dict[str, _DBState] = {}
+        self._last_run: dict[str, int] = {}
+        self._steps = 0
 
     def profile(self, model: str) -> ServiceProfile:
         p = self.profiles.get(model)
@@ -141,11 +145,15 @@ class SeaLLMPolicy(SchedulingPolicy):
         return (user, st.level, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
 
     def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
-        """The model whose best runnable request has the highest priority runs next."""
-        best = {m: min(self.priority_key(r, now) for r in rs) for m, rs in runnable.items()}
-        return sorted(runnable, key=lambda m: best[m])
+        """The model whose most urgent runnable request has the best (API priority, level) runs
+        next; models tied on that take turns (least recently run first), so fresh requests of
+        every service progress while demoted long ones yield across models."""
+        best = {m: min(self.priority_key(r, now)[:2] for r in rs) for m, rs in runnable.items()}
+        return sorted(runnable, key=lambda m: (best[m], self._last_run.get(m, -1)))
 
     def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
+        self._steps += 1
+        self._last_run[plan.model] = self._steps
         prefill = sum(s.num_tokens for s in plan.seqs if not s.is_decode)
         decode = sum(1 for s in plan.seqs if s.is_decode)
         self.profile(plan.model).observe_step(result.step_time, prefill, decode)
