@@ -60,9 +60,9 @@ def wait_healthy(base_url: str, proc: subprocess.Popen | None, timeout: float = 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="serve the demo deployment and replay the Azure chat+code traces against it")
     p.add_argument("--port", type=int, default=8321)
-    p.add_argument("--duration", type=float, default=120.0, help="seconds of trace to replay (default 120)")
+    p.add_argument("--duration", type=float, default=90.0, help="seconds of trace to replay (default 90)")
     p.add_argument("--window-start", type=float, default=600.0, help="offset into the traces (s)")
-    p.add_argument("--rate-scale", type=float, default=0.6, help="arrival-rate multiplier (default 0.6)")
+    p.add_argument("--rate-scale", type=float, default=0.5, help="arrival-rate multiplier (default 0.5)")
     p.add_argument("--max-input-len", type=int, default=1024)
     p.add_argument("--max-output-len", type=int, default=128)
     p.add_argument("--scheduling-policy", default=None)
