@@ -142,17 +142,24 @@ class Scheduler:
                 n = min(r.num_uncomputed_tokens, budget)
                 if not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
                     break  # no overtaking: a later request must not take the head's pages
-                r.status = RequestStatus.RUNNING
-                if r.first_scheduled_time is None:
-                    r.first_scheduled_time = now
-                self.running[model].append(r)
+                self._admit(r, now)
                 admitted.append(r)
                 seqs.append(self._chunk(r, n))
                 budget -= n
-            if admitted:
-                gone = {id(r) for r in admitted}
-                self.waiting[model] = deque(r for r in waiting if id(r) not in gone)
+            self._remove_waiting(model, admitted)
         return seqs
+
+    def _admit(self, r: Request, now: float) -> None:
+        """A waiting request got its pages: it joins the running set."""
+        r.status = RequestStatus.RUNNING
+        if r.first_scheduled_time is None:
+            r.first_scheduled_time = now
+        self.running[r.model].append(r)
+
+    def _remove_waiting(self, model: str, admitted: list[Request]) -> None:
+        if admitted:
+            gone = {id(r) for r in admitted}
+            self.waiting[model] = deque(r for r in self.waiting[model] if id(r) not in gone)
 
     def _schedule_model_preemptive(self, model: str, now: float) -> list[SeqChunk]:
         """Priority scheduling over running and waiting requests together (SeaLLM §2.3 rule 4).
@@ -190,10 +197,7 @@ class Scheduler:
                 preempted_now.add(victim.request_id)
             else:
                 if r.status is not RequestStatus.RUNNING:
-                    r.status = RequestStatus.RUNNING
-                    if r.first_scheduled_time is None:
-                        r.first_scheduled_time = now
-                    self.running[model].append(r)
+                    self._admit(r, now)
                     admitted.append(r)
                 seqs.append(self._chunk(r, n))
                 scheduled.add(r.request_id)
@@ -206,9 +210,7 @@ class Scheduler:
                 preempted_now.add(r.request_id)
                 continue
             break
-        if admitted:
-            gone = {id(r) for r in admitted}
-            self.waiting[model] = deque(r for r in self.waiting[model] if id(r) not in gone)
+        self._remove_waiting(model, admitted)
         return seqs
 
     def _chunk(self, r: Request, n: int) -> SeqChunk:
