@@ -38,12 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(policy: str, options: dict, models: dict[str, str]) -> tuple[subprocess.Popen, str, str]:
+def start(policy: str, options: dict, models: dict[str, str], args) -> tuple[subprocess.Popen, str, str]:
     import yaml
 
     port = free_port()
     cfg = {"models": [{"name": n, "path": p} for n, p in models.items()], "scheduling_policy": policy,
-           "policy_options": options, "port": port, "kv_cache_memory": "1GiB", "max_num_batched_tokens": 512}
+           "policy_options": options, "port": port, "kv_cache_memory": args.kv_cache_memory,
+           "max_num_batched_tokens": 512, "max_num_seqs": args.max_num_seqs}
     fd, path = tempfile.mkstemp(suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(cfg, f)
@@ -100,6 +101,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--ablations", nargs="*", default=list(ABLATIONS)[1:])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kv-cache-memory", default="1GiB", help="KV pool of the device (smaller: memory-bound sharing)")
+    ap.add_argument("--max-num-seqs", type=int, default=128)
+    ap.add_argument("--name", default="scheduling", help="result file name")
     args = ap.parse_args()
 
     from seallm.bench.baseline import AloneOverride
@@ -109,9 +113,10 @@ def main() -> None:
     out: dict = dict(workload=dict(traces={"chat": "demo-llama", "code": "demo-qwen2"}, duration_s=args.duration,
                                    window_start_s=args.window_start, max_input_len=args.max_input_len,
                                    max_output_len=args.max_output_len, seed=args.seed),
+                     deployment=dict(kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs),
                      runs={})
     # One served-alone baseline for every run: calibrated on an idle FCFS server.
-    proc, base, cfgp = start("fcfs", {}, models)
+    proc, base, cfgp = start("fcfs", {}, models, args)
     try:
         cal = bench(base, args, min(args.rate_scales), calibrate=True)
         alone = {m: AloneOverride(a.ttft_base_s, a.ttft_per_token_s, a.tpot_s) for m, a in cal.alone.items() if a}
@@ -126,7 +131,7 @@ def main() -> None:
         stop(proc, cfgp)
     top = max(args.rate_scales)
     for name in ["seallm"] + list(args.ablations):
-        proc, base, cfgp = start("seallm", ABLATIONS[name], models)
+        proc, base, cfgp = start("seallm", ABLATIONS[name], models, args)
         try:
             for rate in (args.rate_scales if name == "seallm" else [top]):
                 out["runs"].setdefault(name, {})[str(rate)] = s = summary(bench(base, args, rate, alone))
@@ -144,7 +149,7 @@ def main() -> None:
                                                for k in sl["slo_attainment"]},
         fcfs_p99_over_unloaded_mean=f["p99_e2e_s"] / out["unloaded_mean_e2e_s"])
     print(json.dumps(out["highest_load"], indent=1))
-    path = write_result("scheduling", out)
+    path = write_result(args.name, out)
     plot(out, os.path.splitext(path)[0] + ".png")
     print("wrote", path)
 

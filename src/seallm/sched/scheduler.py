@@ -167,8 +167,9 @@ class Scheduler:
         The ``max_num_seqs`` most urgent requests are eligible (a lower-priority running
         request yields its seat and keeps its pages). Among them, decode tokens go first (one
         token each: they keep the batch full at little cost), then prefill chunks in priority
-        order. A request short of KV pages takes them from lower-priority running requests of
-        the device (recompute); a waiting request that cannot get pages stops admission.
+        order. A running request short of KV pages takes them from lower-priority running
+        requests of the device (recompute); a waiting request is admitted only into free pages
+        and, when it cannot get them, stops admission.
         """
         cfg = self.config
         key = self.policy.priority_key
@@ -189,8 +190,11 @@ class Scheduler:
                 continue
             n = min(r.num_uncomputed_tokens, budget)
             rk = key(r, now)
+            running = r.status is RequestStatus.RUNNING
             while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
-                victim = self._pick_victim(scheduled | {r.request_id}, now)
+                # Only a running request that must grow evicts others: admitting a new request
+                # by evicting one whose whole context must then be recomputed thrashes.
+                victim = self._pick_victim(scheduled | {r.request_id}, now) if running else None
                 if victim is None or key(victim, now) <= rk:
                     break
                 self._preempt(victim)
