@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import time
 from typing import Any
 
@@ -38,3 +39,10 @@ def write_result(name: str, result: dict[str, Any], out_dir: str = "benchmarks/r
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return path
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

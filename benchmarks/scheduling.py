@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import write_result  # noqa: E402
+from common import free_port, write_result  # noqa: E402
 
 ABLATIONS = {
     "seallm": {},
@@ -31,11 +30,6 @@ ABLATIONS = {
     "seallm-no-preemption": {"preemption": False},
 }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(policy: str, options: dict, models: dict[str, str], args) -> tuple[subprocess.Popen, str, str]:

@@ -26,13 +26,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import write_result  # noqa: E402
+from seallm.demo import wait_healthy  # noqa: E402
+from common import free_port, write_result  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def summarize(token_times: list[list[float]], start: float, end: float) -> dict:
@@ -123,23 +119,6 @@ async def _closed_loop(url: str, bodies: list[dict], conc: int, chat: bool, time
     return out
 
 
-def _wait(base: str, proc: subprocess.Popen, path: str = "/health", timeout: float = 300) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(base + path, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server not ready")
-
-
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -192,7 +171,7 @@ def measure(name: str, args) -> dict:
     server = subprocess.Popen([sys.executable, "-m", "seallm.cli", "serve", "--model", f"m={path}", "--port", str(port),
                                "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--log-level", "warning"])
     try:
-        _wait(base, server)
+        wait_healthy(base, server, timeout=300)
         for conc in args.concurrency:
             n = max(args.rounds * conc, 4)
             prompts = [[rng.randrange(10, 500) for _ in range(args.prompt_len)] for _ in range(n)]

@@ -114,11 +114,6 @@ class Request:
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
 
-    def token_id_at(self, i: int) -> int:
-        """Token at absolute position ``i`` (prompt then output)."""
-        p = len(self.prompt_token_ids)
-        return self.prompt_token_ids[i] if i < p else self.output_token_ids[i - p]
-
     def token_ids_slice(self, start: int, end: int) -> list[int]:
         """Tokens at absolute positions ``[start, end)``."""
         p = len(self.prompt_token_ids)

@@ -77,8 +77,3 @@ class SamplingParams:
     def greedy(self) -> bool:
         """True when decoding is argmax (temperature below 1e-5)."""
         return self.temperature < _GREEDY_EPS
-
-    @property
-    def needs_filtering(self) -> bool:
-        """True when top-k, top-p or min-p change the distribution."""
-        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0

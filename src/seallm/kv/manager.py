@@ -36,13 +36,6 @@ class KVCacheManager:
         self._tokens_per_page[name] = spec.tokens_per_page(self.pool.page_size_bytes)
         self._specs[name] = spec
 
-    def remove_model(self, name: str) -> None:
-        """Evict a model; raises ``ValueError`` while any of its requests holds pages."""
-        if self._pages_by_model[name]:
-            raise ValueError(f"model {name!r} still holds {self._pages_by_model[name]} pages")
-        self._specs.pop(name)
-        self._tokens_per_page.pop(name)
-
     @property
     def models(self) -> list[str]:
         return list(self._specs)
@@ -72,11 +65,6 @@ class KVCacheManager:
 
     def num_pages_of(self, request_id: str) -> int:
         return len(self._tables.get(request_id, ()))
-
-    def can_allocate(self, request_id: str, model: str, num_tokens: int) -> bool:
-        """Whether ``allocate`` for ``num_tokens`` total tokens would succeed now."""
-        extra = self.pages_needed(model, num_tokens) - self.num_pages_of(request_id)
-        return extra <= self.pool.num_free
 
     def allocate(self, request_id: str, model: str, num_tokens: int) -> bool:
         """Grow ``request_id``'s block table to cover ``num_tokens`` tokens in total.

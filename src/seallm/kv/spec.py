@@ -70,12 +70,6 @@ class KVSpec:
             )
         return t
 
-    def pages_for(self, num_tokens: int, page_size_bytes: int) -> int:
-        """Pages needed to hold ``num_tokens`` tokens."""
-        t = self.tokens_per_page(page_size_bytes)
-        return -(-num_tokens // t)
-
-
 def default_page_size_bytes(specs: list[KVSpec], min_tokens_per_page: int = 16) -> int:
     """Smallest power-of-two page that gives every model at least ``min_tokens_per_page`` tokens.
 

@@ -83,16 +83,6 @@ class ModelConfig:
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling is not None else None
 
-    def num_params(self) -> int:
-        """Parameter count (elements)."""
-        h, i, L = self.hidden_size, self.intermediate_size, self.num_layers
-        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        attn = h * (q + 2 * kv) + q * h
-        mlp = 3 * h * i
-        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return L * (attn + mlp + 2 * h) + emb + h
-
-
 def normalize_dtype(dtype: str) -> str:
     """``"bf16"`` -> ``"bfloat16"`` and so on; raises ``ValueError`` for an unknown dtype."""
     try:

@@ -7,7 +7,6 @@ iteration time, prefill time per token, output-length distribution over a slidin
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 from dataclasses import dataclass
 
@@ -81,9 +80,3 @@ class ServiceProfile:
         """Estimated execution time of a new request (s): prefill of its actual prompt plus an
         output-length statistic times the iteration time (SeaLLM's Ê_r)."""
         return prompt_tokens * self.prefill_time_per_token_s + self.output_length(quantile) * self.iteration_time_s
-
-    def rank(self, n: int) -> float:
-        """Fraction of recent outputs not longer than ``n`` tokens."""
-        if self._sorted is None:
-            self._sorted = sorted(self._lengths)
-        return bisect.bisect_right(self._sorted, n) / len(self._sorted)
