@@ -2,12 +2,16 @@
 
 The demo deployment (a Llama-style and a Qwen2-style model on one device, one KV pool)
 serves the Azure LLM inference traces 2023 replayed by ``seallm bench``: chat -> demo-llama,
-code -> demo-qwen2. The same seeded requests are replayed at several loads (rate scales)
-against ``seallm serve --scheduling-policy fcfs`` and ``seallm`` (plus ablations at the
-highest load). The served-alone latency behind SLO attainment is calibrated once and shared
-by every run. Writes ``benchmarks/results/scheduling.json`` and ``scheduling.png``.
+code -> demo-qwen2 (a window where both traces are busy; lengths scaled by 0.5 so the CPU
+can serve them). The same seeded requests are replayed at several loads (rate scales)
+against the baseline ``fcfs`` (vLLM-like: FCFS, recompute preemption), ``fcfs-swap`` (the
+same with swap preemption, to tell the two mechanisms apart) and ``seallm`` (doubling
+budget, swap preemption), plus ablations at the target load: the first rate scale whose
+FCFS P99 E2E latency exceeds 10x the unloaded (served-alone) P99. The served-alone latency
+behind SLO attainment is calibrated once on an idle server and shared by every run. Writes
+``benchmarks/results/<name>.json`` and ``<name>.png``.
 
-    python benchmarks/scheduling.py [--rate-scales 0.5 1 2 4] [--duration 30]
+    python benchmarks/scheduling.py [--rate-scales 0.25 0.5 1 2] [--kv-cache-memory 24MiB]
 """
 
 from __future__ import annotations
@@ -23,22 +27,30 @@ import tempfile
 sys.path.insert(0, os.path.dirname(__file__))
 from common import free_port, write_result  # noqa: E402
 
-ABLATIONS = {
-    "seallm": {},
-    "seallm-service-agnostic": {"service_aware": False},
-    "seallm-fixed-budget": {"doubling": False},
-    "seallm-no-preemption": {"preemption": False},
+# name -> (policy, policy options, preemption mode)
+CONFIGS = {
+    "fcfs": ("fcfs", {}, "recompute"),
+    "fcfs-swap": ("fcfs", {}, "swap"),
+    "seallm": ("seallm", {}, "swap"),
+    "seallm-recompute": ("seallm", {}, "recompute"),
+    "seallm-service-agnostic": ("seallm", {"service_aware": False}, "swap"),
+    "seallm-fixed-budget": ("seallm", {"doubling": False}, "swap"),
+    "seallm-no-preemption": ("seallm", {"preemption": False}, "swap"),
+    "seallm-level-order": ("seallm", {"demotion_order": "level"}, "swap"),
+    "seallm-iteration-accounting": ("seallm", {"accounting": "iteration"}, "swap"),
 }
+SWEEPS = ["fcfs", "fcfs-swap", "seallm"]
 
 
 
-def start(policy: str, options: dict, models: dict[str, str], args) -> tuple[subprocess.Popen, str, str]:
+def start(name: str, models: dict[str, str], args) -> tuple[subprocess.Popen, str, str]:
     import yaml
 
+    policy, options, mode = CONFIGS[name]
     port = free_port()
     cfg = {"models": [{"name": n, "path": p} for n, p in models.items()], "scheduling_policy": policy,
            "policy_options": options, "port": port, "kv_cache_memory": args.kv_cache_memory,
-           "max_num_batched_tokens": 512, "max_num_seqs": args.max_num_seqs}
+           "max_num_batched_tokens": 512, "max_num_seqs": args.max_num_seqs, "preemption_mode": mode}
     fd, path = tempfile.mkstemp(suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(cfg, f)
@@ -59,18 +71,41 @@ def stop(proc: subprocess.Popen, cfg_path: str) -> None:
     os.unlink(cfg_path)
 
 
-def bench(base: str, args, rate: float, alone=None, calibrate: bool = False):
-    from seallm.bench import run_benchmark
-    from seallm.bench.config import BenchConfig, CalibrationConfig, ClientConfig
+def workload(args, rate: float):
     from seallm.bench.workload import AzureWorkload, LengthConfig
 
-    wl = AzureWorkload(traces=(("chat", "demo-llama"), ("code", "demo-qwen2")), window_start_s=args.window_start,
-                       duration_s=args.duration, rate_scale=rate,
-                       lengths=LengthConfig(max_input_len=args.max_input_len, max_output_len=args.max_output_len))
-    cfg = BenchConfig(workload=wl, client=ClientConfig(base_url=base, progress=False, timeout_s=args.timeout),
-                      calibration=CalibrationConfig(enabled=calibrate), alone=alone or {},
-                      slo_scales=(5.0, 10.0), seed=args.seed)
+    return AzureWorkload(traces=(("chat", "demo-llama"), ("code", "demo-qwen2")), window_start_s=args.window_start,
+                         duration_s=args.duration, rate_scale=rate,
+                         lengths=LengthConfig(scale=args.length_scale, max_input_len=args.max_input_len,
+                                              max_output_len=args.max_output_len))
+
+
+def bench(base: str, args, rate: float, alone):
+    from seallm.bench import run_benchmark
+    from seallm.bench.config import BenchConfig, CalibrationConfig, ClientConfig
+
+    cfg = BenchConfig(workload=workload(args, rate), client=ClientConfig(base_url=base, progress=False,
+                                                                          timeout_s=args.timeout),
+                      calibration=CalibrationConfig(enabled=False), alone=alone, slo_scales=(5.0, 10.0),
+                      seed=args.seed)
     return run_benchmark(cfg)
+
+
+def calibrate_alone(base: str, args):
+    """Served-alone latency per model, measured one request at a time on an idle server."""
+    import asyncio
+
+    from seallm.bench.calibrate import CalibrationConfig, calibrate
+    from seallm.bench.client import ClientConfig
+    from seallm.bench.prompts import PromptConfig, make_prompt_source
+    from seallm.bench.workload import build_workload
+
+    reqs = build_workload(workload(args, 1.0), args.seed)
+    models = sorted({r.model for r in reqs})
+    fitted, _ = asyncio.run(calibrate(reqs, models, make_prompt_source(PromptConfig(), args.seed),
+                                      ClientConfig(base_url=base, progress=False),
+                                      CalibrationConfig(requests_per_model=8)))
+    return reqs, fitted
 
 
 def summary(res) -> dict:
@@ -87,61 +122,84 @@ def summary(res) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate-scales", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
+    ap.add_argument("--rate-scales", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of trace per run")
-    ap.add_argument("--window-start", type=float, default=600.0)
+    ap.add_argument("--window-start", type=float, default=660.0,
+                    help="trace second where the window starts (660: both traces busy; code is bursty)")
+    ap.add_argument("--length-scale", type=float, default=0.5,
+                    help="multiplies every trace length (keeps each service's distribution shape)")
     ap.add_argument("--max-input-len", type=int, default=1024)
-    ap.add_argument("--max-output-len", type=int, default=128)
+    ap.add_argument("--max-output-len", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=600.0)
-    ap.add_argument("--ablations", nargs="*", default=list(ABLATIONS)[1:])
+    ap.add_argument("--sweeps", nargs="+", default=SWEEPS, choices=list(CONFIGS),
+                    help="configurations run at every rate scale (must include fcfs and seallm)")
+    ap.add_argument("--ablations", nargs="*", default=[c for c in CONFIGS if c not in SWEEPS], choices=list(CONFIGS),
+                    help="configurations run at the target load only")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kv-cache-memory", default="1GiB", help="KV pool of the device (smaller: memory-bound sharing)")
+    ap.add_argument("--kv-cache-memory", default="24MiB",
+                    help="KV pool of the device (small: memory-bound sharing, as in SeaLLM's setting)")
     ap.add_argument("--max-num-seqs", type=int, default=128)
     ap.add_argument("--name", default="scheduling", help="result file name")
     args = ap.parse_args()
 
     from seallm.bench.baseline import AloneOverride
+    from seallm.bench.metrics import percentile
     from seallm.demo import ensure_demo_checkpoints
 
     models = ensure_demo_checkpoints()
     out: dict = dict(workload=dict(traces={"chat": "demo-llama", "code": "demo-qwen2"}, duration_s=args.duration,
-                                   window_start_s=args.window_start, max_input_len=args.max_input_len,
+                                   window_start_s=args.window_start, length_scale=args.length_scale,
+                                   max_input_len=args.max_input_len,
                                    max_output_len=args.max_output_len, seed=args.seed),
-                     deployment=dict(kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs),
+                     deployment=dict(kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs,
+                                     max_num_batched_tokens=512, swap_space="4GiB"),
+                     configs={n: dict(policy=p, options=o, preemption_mode=m) for n, (p, o, m) in CONFIGS.items()},
                      runs={})
     # One served-alone baseline for every run: calibrated on an idle FCFS server.
-    proc, base, cfgp = start("fcfs", {}, models, args)
+    proc, base, cfgp = start("fcfs", models, args)
     try:
-        cal = bench(base, args, min(args.rate_scales), calibrate=True)
-        alone = {m: AloneOverride(a.ttft_base_s, a.ttft_per_token_s, a.tpot_s) for m, a in cal.alone.items() if a}
-        out["alone"] = {m: dict(ttft_base_s=a.ttft_base_s, ttft_per_token_s=a.ttft_per_token_s, tpot_s=a.tpot_s)
-                        for m, a in alone.items()}
-        out["unloaded_mean_e2e_s"] = cal.metrics.overall.e2e.mean
-        for rate in args.rate_scales:
-            out["runs"].setdefault("fcfs", {})[str(rate)] = s = summary(bench(base, args, rate, alone))
-            print(f"fcfs   x{rate}: norm {s['normalized_latency_s']:.4f} s/tok, P99 {s['p99_e2e_s']:.2f} s, "
-                  f"SLO@5 {s['slo_attainment'].get('5.0')}", flush=True)
+        reqs, fitted = calibrate_alone(base, args)
     finally:
         stop(proc, cfgp)
-    top = max(args.rate_scales)
-    for name in ["seallm"] + list(args.ablations):
-        proc, base, cfgp = start("seallm", ABLATIONS[name], models, args)
+    alone = {m: AloneOverride(a.ttft_base_s, a.ttft_per_token_s, a.tpot_s) for m, a in fitted.items()}
+    out["alone"] = {m: dict(ttft_base_s=a.ttft_base_s, ttft_per_token_s=a.ttft_per_token_s, tpot_s=a.tpot_s)
+                    for m, a in fitted.items()}
+    unloaded = sorted(fitted[r.model].latency(r.input_len, r.output_len) for r in reqs)
+    out["unloaded_e2e_s"] = dict(mean=sum(unloaded) / len(unloaded), p99=percentile(unloaded, 99))
+
+    def run(name: str, rates: list[float]) -> None:
+        proc, base, cfgp = start(name, models, args)
         try:
-            for rate in (args.rate_scales if name == "seallm" else [top]):
+            for rate in rates:
                 out["runs"].setdefault(name, {})[str(rate)] = s = summary(bench(base, args, rate, alone))
-                print(f"{name} x{rate}: norm {s['normalized_latency_s']:.4f} s/tok, P99 {s['p99_e2e_s']:.2f} s, "
-                      f"SLO@5 {s['slo_attainment'].get('5.0')}", flush=True)
+                print(f"{name:28s} x{rate}: norm {s['normalized_latency_s']:.4f} s/tok, P99 {s['p99_e2e_s']:.2f} s, "
+                      f"SLO@5 {s['slo_attainment'].get('5.0'):.3f} @10 {s['slo_attainment'].get('10.0'):.3f}, "
+                      f"{s['output_throughput']:.0f} tok/s", flush=True)
         finally:
             stop(proc, cfgp)
-    f, sl = out["runs"]["fcfs"][str(top)], out["runs"]["seallm"][str(top)]
-    out["highest_load"] = dict(
-        rate_scale=top,
-        normalized_latency_ratio_fcfs_over_seallm=f["normalized_latency_s"] / sl["normalized_latency_s"],
-        p99_ratio_fcfs_over_seallm=f["p99_e2e_s"] / sl["p99_e2e_s"],
-        slo_attainment_ratio_seallm_over_fcfs={k: (sl["slo_attainment"][k] / f["slo_attainment"][k]
-                                                   if f["slo_attainment"].get(k) else None)
-                                               for k in sl["slo_attainment"]},
-        fcfs_p99_over_unloaded_mean=f["p99_e2e_s"] / out["unloaded_mean_e2e_s"])
+
+    rates = sorted(args.rate_scales)
+    for name in args.sweeps:
+        run(name, rates)
+    # Target load: the first rate whose FCFS P99 exceeds 10x the unloaded P99 (else the highest).
+    fr = out["runs"]["fcfs"]
+    over = [r for r in rates if fr[str(r)]["p99_e2e_s"] > 10 * out["unloaded_e2e_s"]["p99"]]
+    top = over[0] if over else rates[-1]
+    for name in args.ablations:
+        run(name, [top])
+
+    def ratios(rate: float, name: str) -> dict:
+        f, sl = out["runs"]["fcfs"][str(rate)], out["runs"][name][str(rate)]
+        return dict(
+            normalized_latency_fcfs_over=f["normalized_latency_s"] / sl["normalized_latency_s"],
+            p99_fcfs_over=f["p99_e2e_s"] / sl["p99_e2e_s"],
+            slo_attainment_over_fcfs={k: (sl["slo_attainment"][k] / f["slo_attainment"][k]
+                                          if f["slo_attainment"].get(k) else None) for k in sl["slo_attainment"]})
+
+    out["ratios"] = {name: {str(r): ratios(r, name) for r in rates if str(r) in out["runs"][name]}
+                     for name in out["runs"] if name != "fcfs"}
+    out["highest_load"] = dict(rate_scale=top, fcfs_p99_over_unloaded_p99=fr[str(top)]["p99_e2e_s"]
+                               / out["unloaded_e2e_s"]["p99"], seallm=ratios(top, "seallm"))
     print(json.dumps(out["highest_load"], indent=1))
     path = write_result(args.name, out)
     plot(out, os.path.splitext(path)[0] + ".png")
@@ -154,14 +212,19 @@ def plot(out: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for name in ("fcfs", "seallm"):
-        runs = out["runs"][name]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for name, runs in out["runs"].items():
         xs = sorted(runs, key=float)
-        axes[0].plot([float(x) for x in xs], [runs[x]["normalized_latency_s"] for x in xs], "o-", label=name)
-        axes[1].plot([float(x) for x in xs], [runs[x]["p99_e2e_s"] for x in xs], "o-", label=name)
-        axes[2].plot([float(x) for x in xs], [runs[x]["slo_attainment"].get("5.0") for x in xs], "o-", label=name)
-    for ax, title in zip(axes, ("normalized latency (s/token)", "P99 E2E latency (s)", "SLO attainment (scale 5)")):
+        if len(xs) < 2:
+            continue  # ablations: one load only
+        fx = [float(x) for x in xs]
+        axes[0].plot(fx, [runs[x]["normalized_latency_s"] for x in xs], "o-", label=name)
+        axes[1].plot(fx, [runs[x]["p99_e2e_s"] for x in xs], "o-", label=name)
+        axes[2].plot(fx, [runs[x]["slo_attainment"].get("5.0") for x in xs], "o-", label=name)
+        axes[3].plot(fx, [runs[x]["slo_attainment"].get("10.0") for x in xs], "o-", label=name)
+    axes[0].set_yscale("log")
+    for ax, title in zip(axes, ("normalized latency (s/token)", "P99 E2E latency (s)", "SLO attainment (scale 5)",
+                                "SLO attainment (scale 10)")):
         ax.set_xlabel("rate scale")
         ax.set_title(title)
         ax.grid(alpha=0.3)

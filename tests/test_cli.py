@@ -30,3 +30,30 @@ def test_generate_reports_bad_checkpoint(tmp_path):
 def test_bad_model_flag():
     r = _run("generate", "--model", "nopath", "--prompt", "x")
     assert r.returncode != 0 and "NAME=PATH" in r.stderr
+
+
+def test_simulate_compares_policies_on_a_trace(checkpoints, tmp_path):
+    import json
+
+    out = tmp_path / "sim.json"
+    r = _run("simulate", "--model", f"chat={checkpoints['llama']}", "--model", f"code={checkpoints['qwen2']}",
+             "--kv-cache-memory", "2MiB", "--scheduling-policy", "fcfs", "seallm", "--preemption-mode", "swap",
+             "--device", "a100-80gb", "--trace", "chat=chat", "--trace", "code=code", "--window-start", "660",
+             "--duration", "5", "--length-scale", "0.25", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "== policy fcfs" in r.stdout and "== policy seallm" in r.stdout and "SLO@5" in r.stdout
+    res = json.loads(out.read_text())
+    for pol in ("fcfs", "seallm"):
+        p = res["policies"][pol]
+        assert p["normalized_latency_s"] > 0 and p["iterations"] > 0 and 0 <= p["slo_attainment"]["5.0"] <= 1
+
+
+def test_simulate_reports_bad_input(checkpoints, tmp_path):
+    r = _run("simulate", "--trace", "chat=x")
+    assert r.returncode == 2 and "--model" in r.stderr
+    r = _run("simulate", "--model", f"a={checkpoints['llama']}", "--trace", "chat=other", "--duration", "5")
+    assert r.returncode == 2 and "does not serve" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "p.json"
+    bad.write_text("{}")
+    r = _run("simulate", "--model", f"a={checkpoints['llama']}", "--cost-profile", f"a={bad}", "--trace", "chat=a")
+    assert r.returncode == 2 and "not a seallm cost profile" in r.stderr

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from seallm.server.cli import add_serve_parser
 
     from seallm.profiling import add_profile_parser
+    from seallm.simulate import add_simulate_parser
 
     add_serve_parser(sub)
     add_demo_parser(sub)
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     else:
         add_bench_parser(sub)
+        add_simulate_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -54,6 +54,9 @@ class DeploymentConfig:
             (loaded at start if present, written at shutdown).
         max_num_batched_tokens: per-iteration token budget (chunked prefill).
         max_num_seqs: most sequences per iteration.
+        preemption_mode: "recompute" (a preempted request's KV is dropped and prefilled again)
+            or "swap" (copied to host memory and back; recompute when the swap space is full).
+        swap_space: host memory for swapped-out KV pages ("4GiB"); used with "swap" only.
         gpu_memory_utilization: fraction of free GPU memory for the KV pool.
         slo_classes: named SLOs requests may refer to.
         max_tokens_limit: most output tokens one request may ask for (None = context length).
@@ -69,6 +72,8 @@ class DeploymentConfig:
     profiles_path: str | None = None
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 128
+    preemption_mode: str = "recompute"
+    swap_space: str | int = "4GiB"
     gpu_memory_utilization: float = 0.9
     slo_classes: tuple[SLOClass, ...] = field(default_factory=tuple)
     max_tokens_limit: int | None = None
@@ -82,7 +87,8 @@ class DeploymentConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
-        SchedulerConfig(self.max_num_batched_tokens, self.max_num_seqs)  # validates
+        SchedulerConfig(self.max_num_batched_tokens, self.max_num_seqs, self.preemption_mode)  # validates
+        parse_bytes(self.swap_space)  # validates
         make_policy(self.scheduling_policy, self.policy_options)  # validates name and options
 
     def with_overrides(self, **kw: Any) -> "DeploymentConfig":
@@ -103,6 +109,8 @@ def load_deployment(path: str) -> DeploymentConfig:
         scheduling_policy: seallm
         policy_options: {output_quantile: 0.5, aging_interval_s: 10}
         max_num_batched_tokens: 512
+        preemption_mode: swap
+        swap_space: 4GiB
         slo_classes:
           - {name: interactive, ttft: 0.5, tpot: 0.1}
 
@@ -190,17 +198,20 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
     num_pages = budget // page
     if num_pages < 1:
         raise ValueError(f"kv_cache_memory={cfg.kv_cache_memory!r} is smaller than one page ({page} bytes)")
-    kv = KVCacheManager(PagePool(num_pages, page))
+    host_pages = parse_bytes(cfg.swap_space) // page if cfg.preemption_mode == "swap" else 0
+    kv = KVCacheManager(PagePool(num_pages, page), PagePool(host_pages, page) if host_pages else None)
     for n, c in configs.items():
         kv.add_model(n, c.kv_spec)
     tpp = {n: kv.tokens_per_page(n) for n in configs}
-    executor = ModelExecutor(models, num_pages, page, tpp, dev)
+    executor = ModelExecutor(models, num_pages, page, tpp, dev, num_host_pages=host_pages)
     policy = make_policy(cfg.scheduling_policy, cfg.policy_options)
     if cfg.profiles_path and os.path.exists(cfg.profiles_path) and hasattr(policy, "load_profiles"):
         logger.info("seallm: service profiles of %s loaded from %s", policy.load_profiles(cfg.profiles_path),
                     cfg.profiles_path)
-    scheduler = Scheduler(kv, policy, SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs))
+    scheduler = Scheduler(kv, policy, SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs,
+                                                      cfg.preemption_mode))
     core = ReplicaCore(scheduler, executor, WallClock())
-    logger.info("seallm: %d model(s) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s",
-                len(configs), cfg.device, num_pages, page, tpp, cfg.scheduling_policy)
+    logger.info("seallm: %d model(s) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s; "
+                "preemption %s%s", len(configs), cfg.device, num_pages, page, tpp, cfg.scheduling_policy,
+                cfg.preemption_mode, f" ({host_pages} host pages)" if host_pages else "")
     return EngineStack(core, kv, scheduler, configs)

@@ -38,9 +38,12 @@ class LLM:
         kv_cache_memory: bytes of the KV pool ("2GiB", 1 << 30). None on CUDA sizes the pool
             from free memory after loading the weights (``gpu_memory_utilization`` of it).
         dtype: "auto" (each checkpoint's own) or float32 / bfloat16 / float16 for all.
-        scheduling_policy: "fcfs".
+        scheduling_policy: "fcfs" (vLLM-like) or "seallm" (doubling budget).
+        policy_options: knobs of the policy (``seallm``: fields of ``SeaLLMConfig``).
         max_num_batched_tokens: per-iteration token budget (chunked prefill).
         max_num_seqs: most sequences per iteration.
+        preemption_mode: "recompute" or "swap" (KV copied to host memory and back).
+        swap_space: host memory for swapped KV ("4GiB"), used with "swap".
         page_size_bytes: bytes per KV page; default: the smallest power of two giving every
             model >= 16 tokens per page.
         gpu_memory_utilization: fraction of free device memory for the pool (CUDA only).
@@ -61,6 +64,9 @@ class LLM:
         max_num_seqs: int = 128,
         page_size_bytes: int | None = None,
         gpu_memory_utilization: float = 0.9,
+        policy_options: dict | None = None,
+        preemption_mode: str = "recompute",
+        swap_space: int | str = "4GiB",
     ) -> None:
         if not models:
             raise ValueError("LLM needs at least one model: models={'name': '/path/to/checkpoint'}")
@@ -68,7 +74,8 @@ class LLM:
             models=tuple(ModelEntry(n, p, dtype) for n, p in models.items()), device=device,
             kv_cache_memory=kv_cache_memory, page_size_bytes=page_size_bytes, scheduling_policy=scheduling_policy,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization)
+            gpu_memory_utilization=gpu_memory_utilization, policy_options=dict(policy_options or {}),
+            preemption_mode=preemption_mode, swap_space=swap_space)
         stack = build_engine(cfg)
         self.configs: dict[str, ModelConfig] = stack.model_configs
         self.kv = stack.kv

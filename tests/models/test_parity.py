@@ -60,6 +60,23 @@ def test_preemption_by_recompute(checkpoints, references, arch):
     assert llm.kv.pool.num_used == 0
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_preemption_by_swap(checkpoints, references, arch):
+    prompts, ref = references
+    from seallm.models.config import load_model_config
+
+    spec = load_model_config(checkpoints[arch]).kv_spec
+    page = spec.bytes_per_token * 16
+    llm = LLM(models={arch: checkpoints[arch]}, kv_cache_memory=page * 10, page_size_bytes=page,
+              preemption_mode="swap", swap_space=page * 64)
+    outs = llm.generate(prompts, _greedy(), model=arch)
+    assert [o.token_ids for o in outs] == ref[arch]
+    sched = llm.scheduler
+    assert sched.num_swap_outs > 0 and sched.num_preemptions == sched.num_swap_outs  # KV copied, not recomputed
+    llm.kv.check_integrity()
+    assert llm.kv.pool.num_used == 0 and llm.kv.host_pool.num_used == 0
+
+
 def test_two_architectures_interleaved_on_one_pool(checkpoints, references):
     prompts, ref = references
     llm = LLM(models={"a": checkpoints["llama"], "b": checkpoints["qwen3"]}, kv_cache_memory="8MiB",
@@ -93,7 +110,8 @@ def test_two_architectures_with_preemption(checkpoints, references):
     assert llm.kv.pages_used_by_model() == {"a": 0, "b": 0}
 
 
-def test_seallm_policy_preemption_keeps_greedy_parity(checkpoints, references):
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_seallm_policy_preemption_keeps_greedy_parity(checkpoints, references, mode):
     prompts, ref = references
     from seallm.models.config import load_model_config
 
@@ -101,11 +119,13 @@ def test_seallm_policy_preemption_keeps_greedy_parity(checkpoints, references):
     b = load_model_config(checkpoints["qwen2"]).kv_spec
     page = max(a.bytes_per_token, b.bytes_per_token) * 16
     llm = LLM(models={"a": checkpoints["llama"], "b": checkpoints["qwen2"]}, kv_cache_memory=page * 9,
-              page_size_bytes=page, max_num_batched_tokens=32, scheduling_policy="seallm")
+              page_size_bytes=page, max_num_batched_tokens=32, scheduling_policy="seallm", preemption_mode=mode,
+              swap_space=page * 64)
     names = ["a", "b", "a", "b", "a"]
     outs = llm.generate(prompts, _greedy(), model=names)
     for o, name, i in zip(outs, names, range(5)):
         assert o.token_ids == ref["llama" if name == "a" else "qwen2"][i]
     assert llm.scheduler.num_preemptions > 0
+    assert (llm.scheduler.num_swap_outs > 0) == (mode == "swap")
     llm.kv.check_integrity()
     assert llm.kv.pool.num_used == 0

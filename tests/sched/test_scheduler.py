@@ -15,11 +15,12 @@ SPEC_B = KVSpec(num_layers=1, num_kv_heads=2, head_dim=8, dtype_bytes=4)  # 128 
 PAGE = 256 * 4  # A: 4 tokens/page, B: 8 tokens/page
 
 
-def make_core(num_pages=64, budget=16, max_seqs=64, models=("a", "b")):
-    kv = KVCacheManager(PagePool(num_pages, PAGE))
+def make_core(num_pages=64, budget=16, max_seqs=64, models=("a", "b"), host_pages=0, policy=None):
+    kv = KVCacheManager(PagePool(num_pages, PAGE), PagePool(host_pages, PAGE) if host_pages else None)
     for m in models:
         kv.add_model(m, SPEC_A if m == "a" else SPEC_B)
-    sched = Scheduler(kv, FCFSPolicy(), SchedulerConfig(budget, max_seqs))
+    mode = "swap" if host_pages else "recompute"
+    sched = Scheduler(kv, policy or FCFSPolicy(), SchedulerConfig(budget, max_seqs, mode))
     ex = FakeExecutor({m: kv.tokens_per_page(m) for m in models})
     return ReplicaCore(sched, ex, ManualClock()), ex
 
@@ -88,6 +89,58 @@ def test_preemption_recomputes_and_loses_no_token():
     # FCFS: the earliest request is never the victim.
     assert got["r0"].num_preemptions == 0
     assert got["r2"].num_preemptions > 0
+
+
+def test_swap_preemption_restores_pages_and_loses_no_token():
+    ref_core, _ = make_core(num_pages=200)
+    small_core, ex = make_core(num_pages=9, host_pages=64)
+    for core in (ref_core, small_core):
+        for i in range(3):
+            core.add_request(req(f"r{i}", n_prompt=8, max_tokens=12, t=float(i)))
+    ref = {k: v.output_token_ids for k, v in run(ref_core).items()}
+    got = run(small_core)
+    assert {k: v.output_token_ids for k, v in got.items()} == ref
+    sched = small_core.scheduler
+    assert sched.num_swap_outs > 0 and sched.num_preemptions == sched.num_swap_outs  # nothing recomputed
+    assert ex.copied_pages > 0 and any(c.to_host for p in ex.plans for c in p.swaps)
+    assert any(not c.to_host for p in ex.plans for c in p.swaps)
+    # Swapped requests resumed where they stopped: no chunk ever started over at position 0
+    # after a request's first prefill.
+    starts = {}
+    for p in ex.plans:
+        for c in p.seqs:
+            assert c.start_pos > 0 or c.request_id not in starts, f"{c.request_id} was recomputed"
+            starts.setdefault(c.request_id, c.start_pos)
+    assert small_core.scheduler.kv.host_pool.num_used == 0
+
+
+def test_swap_falls_back_to_recompute_when_the_host_pool_is_full():
+    ref_core, _ = make_core(num_pages=200)
+    small_core, _ = make_core(num_pages=9, host_pages=1)  # one host page: a victim holds more
+    for core in (ref_core, small_core):
+        for i in range(3):
+            core.add_request(req(f"r{i}", n_prompt=8, max_tokens=12, t=float(i)))
+    ref = {k: v.output_token_ids for k, v in run(ref_core).items()}
+    got = run(small_core)
+    assert {k: v.output_token_ids for k, v in got.items()} == ref
+    assert small_core.scheduler.num_preemptions > small_core.scheduler.num_swap_outs
+
+
+def test_aborting_a_swapped_request_frees_its_host_pages():
+    core, _ = make_core(num_pages=9, host_pages=64)
+    for i in range(3):
+        core.add_request(req(f"r{i}", n_prompt=8, max_tokens=12, t=float(i)))
+    sched = core.scheduler
+    for _ in range(100):
+        core.step()
+        if sched.num_swap_outs:
+            break
+    swapped = [r for q in sched.waiting.values() for r in q if r.status.value == "swapped"]
+    assert swapped and sched.kv.host_pool.num_used > 0
+    core.abort_request(swapped[0].request_id)
+    sched.check_integrity()
+    run(core)
+    assert sched.kv.host_pool.num_used == 0 and sched.kv.pool.num_used == 0
 
 
 def test_victim_may_belong_to_another_model():

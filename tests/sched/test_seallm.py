@@ -20,11 +20,11 @@ STEP = 0.01  # the fake executor's step time (s)
 SEED = ProfileSeed(iteration_time_s=STEP, prefill_time_per_token_s=1e-4, output_lengths=(10,))
 
 
-def make(policy, num_pages=256, budget=64, max_seqs=64, models=("a", "b")):
-    kv = KVCacheManager(PagePool(num_pages, PAGE))
+def make(policy, num_pages=256, budget=64, max_seqs=64, models=("a", "b"), host_pages=0):
+    kv = KVCacheManager(PagePool(num_pages, PAGE), PagePool(host_pages, PAGE) if host_pages else None)
     for m in models:
         kv.add_model(m, SPEC)
-    sched = Scheduler(kv, policy, SchedulerConfig(budget, max_seqs))
+    sched = Scheduler(kv, policy, SchedulerConfig(budget, max_seqs, "swap" if host_pages else "recompute"))
     return ReplicaCore(sched, FakeExecutor({m: kv.tokens_per_page(m) for m in models}), ManualClock())
 
 
@@ -183,6 +183,40 @@ def test_preemption_under_memory_pressure_loses_no_token():
     got, n = run(16)  # 64 tokens of KV for 6 requests of up to 63 tokens each
     assert n > 0
     assert got == ref
+
+
+def test_swap_admits_an_urgent_request_into_a_full_pool():
+    """With swap preemption a short request need not wait for a long one's pages: the demoted
+    long request is swapped out, the short one runs at once, the long one resumes intact."""
+    def scenario(host_pages):
+        core = make(seallm(), num_pages=28, budget=64, host_pages=host_pages)  # 112 tokens of KV
+        arrivals = [req("long", n_prompt=40, max_tokens=70, t=0.0), req("short", n_prompt=30, max_tokens=8, t=0.5)]
+        order, reqs = drive(core, arrivals)
+        return order, reqs, core
+
+    ref = drive(make(seallm(), num_pages=500), [req("long", n_prompt=40, max_tokens=70)])[1]["long"].output_token_ids
+    _, slow, _ = scenario(0)
+    order, fast, core = scenario(256)
+    e2e = {k: r.finish_time - r.arrival_time for k, r in fast.items()}
+    assert order == ["short", "long"]
+    assert e2e["short"] < 0.15 < slow["short"].finish_time - slow["short"].arrival_time
+    assert core.scheduler.num_swap_outs >= 1
+    assert fast["long"].output_token_ids == ref
+
+
+def test_budget_order_keeps_a_demoted_short_service_ahead_of_a_fresh_long_one():
+    slow = ProfileSeed(iteration_time_s=0.01, output_lengths=(400,))
+    fast = ProfileSeed(iteration_time_s=0.01, output_lengths=(4,))
+    for order, expect_b_first in (("budget", True), ("level", False)):
+        policy = SeaLLMPolicy(SeaLLMConfig(seeds={"a": slow, "b": fast}, demotion_order=order))
+        core = make(policy)
+        core.add_request(req("b", "b", max_tokens=6))
+        core.add_request(req("a", "a", max_tokens=6))
+        st = policy.state("b")
+        st.level, st.budget_s, st.attained_s = 1, 2 * st.budget_s, 0.0  # b overran its first budget
+        kb = policy.priority_key(core.scheduler.requests["b"], 0.0)
+        ka = policy.priority_key(core.scheduler.requests["a"], 0.0)
+        assert (kb < ka) == expect_b_first
 
 
 def test_profiles_learn_from_steps_and_finishes():

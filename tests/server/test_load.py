@@ -103,3 +103,45 @@ def test_api_key_and_clean_ctrl_c(checkpoints, tmp_path):
     assert code == 0
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, "the engine process outlived the server"
+
+
+def test_seallm_policy_with_swap_from_a_deployment_file(checkpoints, tmp_path):
+    """A YAML deployment with the seallm policy, swap preemption and a tiny KV pool: every
+    stream gets its exact token count, requests are swapped, /metrics says so, pages return."""
+    import yaml
+
+    cfg = tmp_path / "deploy.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "models": [{"name": "llama", "path": checkpoints["llama"]}, {"name": "qwen2", "path": checkpoints["qwen2"]}],
+        "scheduling_policy": "seallm", "policy_options": {"aging_interval_s": 5},
+        "preemption_mode": "swap", "swap_space": "64MiB", "max_num_batched_tokens": 64}))
+    proc, base = start_server({}, "--config", str(cfg), "--kv-cache-memory", "96KiB")
+    try:
+        async def main():
+            async with httpx.AsyncClient(timeout=300) as c:
+                return await asyncio.gather(*[_stream(c, base, i) for i in range(60)])
+
+        res = asyncio.run(main())
+        assert all(want == got for _, want, got in res)
+        _wait_for_no_pages(base)
+        text = httpx.get(base + "/metrics").text
+        assert 'policy="seallm"' in text and 'preemption_mode="swap"' in text
+        preempted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("seallm:num_preemptions_total{"))
+        assert preempted > 0
+    finally:
+        assert stop_server(proc) == 0
+
+
+def test_bad_preemption_mode_in_a_deployment_file_is_a_clear_error(checkpoints, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "deploy.yaml"
+    cfg.write_text(yaml.safe_dump({"models": [{"name": "a", "path": checkpoints["llama"]}],
+                                   "preemption_mode": "teleport"}))
+    r = subprocess.run([sys.executable, "-m", "seallm.cli", "serve", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "preemption_mode" in r.stderr and "Traceback" not in r.stderr

@@ -18,7 +18,7 @@ from seallm.bench.config import BenchConfig
 from seallm.bench.prompts import PromptConfig
 from seallm.bench.workload import AzureWorkload, LengthConfig, SyntheticWorkload
 
-__all__ = ["add_bench_parser", "config_from_args", "run_bench"]
+__all__ = ["add_bench_parser", "add_workload_args", "config_from_args", "run_bench", "workload_from_args"]
 
 
 class _ArgError(ValueError):
@@ -53,13 +53,8 @@ def _model_values(items: list[str] | None, flag: str) -> dict[str, float]:
     return out
 
 
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``bench`` subcommand (``set_defaults(func=run_bench)``) and return its parser."""
-    p = subparsers.add_parser(
-        "bench", help="replay a trace or synthetic workload against an OpenAI-compatible endpoint",
-        description="Open-loop load client for /v1/completions: Azure LLM trace 2023 replay or synthetic "
-                    "Poisson/Gamma arrivals; reports TTFT, TPOT, E2E, normalized latency, SLO attainment.",
-    )
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    """Add the workload options shared by ``seallm bench`` and ``seallm simulate``."""
     w = p.add_argument_group("workload (give --trace or --models)")
     src = w.add_mutually_exclusive_group(required=True)
     src.add_argument("--trace", action="append", metavar="TRACE=MODEL",
@@ -86,6 +81,16 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     w.add_argument("--max-input-len", type=int, default=None, metavar="TOKENS", help="cap prompt lengths")
     w.add_argument("--max-output-len", type=int, default=None, metavar="TOKENS", help="cap output lengths")
     w.add_argument("--seed", type=int, default=0, help="seed for synthetic workloads and prompts (default 0)")
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand (``set_defaults(func=run_bench)``) and return its parser."""
+    p = subparsers.add_parser(
+        "bench", help="replay a trace or synthetic workload against an OpenAI-compatible endpoint",
+        description="Open-loop load client for /v1/completions: Azure LLM trace 2023 replay or synthetic "
+                    "Poisson/Gamma arrivals; reports TTFT, TPOT, E2E, normalized latency, SLO attainment.",
+    )
+    add_workload_args(p)
 
     pr = p.add_argument_group("prompts")
     pr.add_argument("--token-id-range", nargs=2, type=int, default=(10, 500), metavar=("LOW", "HIGH"),
@@ -125,8 +130,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """Build a :class:`BenchConfig` from parsed ``bench`` arguments. Raises ``ValueError``."""
+def workload_from_args(args: argparse.Namespace) -> AzureWorkload | SyntheticWorkload:
+    """The workload described by :func:`add_workload_args` options. Raises ``ValueError``."""
     lengths = LengthConfig(args.length_scale, args.max_input_len, args.max_output_len)
     if args.trace:
         if args.rate is not None or args.length_dist:
@@ -149,6 +154,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             num_requests=args.num_requests, alpha=args.alpha, arrival=args.arrival, cv=args.cv,
             length_dists=tuple(dists) or (("*", "sharegpt"),), rate_scale=args.rate_scale, lengths=lengths,
         )
+    return workload
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Build a :class:`BenchConfig` from parsed ``bench`` arguments. Raises ``ValueError``."""
+    workload = workload_from_args(args)
     base = _model_values(args.alone_ttft_base, "--alone-ttft-base")
     per_tok = _model_values(args.alone_ttft_per_token, "--alone-ttft-per-token")
     tpot = _model_values(args.alone_tpot, "--alone-tpot")

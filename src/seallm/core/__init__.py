@@ -4,7 +4,7 @@ Nothing here imports torch or does I/O.
 """
 
 from seallm.core.clock import Clock, ManualClock, WallClock
-from seallm.core.plan import SeqChunk, StepPlan, StepResult, SampleOutput
+from seallm.core.plan import PageCopy, SeqChunk, StepPlan, StepResult, SampleOutput
 from seallm.core.request import SLO, FinishReason, Request, RequestStatus
 from seallm.core.sampling_params import SamplingParams
 
@@ -12,6 +12,7 @@ __all__ = [
     "Clock",
     "FinishReason",
     "ManualClock",
+    "PageCopy",
     "Request",
     "RequestStatus",
     "SLO",

@@ -52,6 +52,19 @@ class SeqChunk:
 
 
 @dataclass(frozen=True)
+class PageCopy:
+    """KV pages to copy between the device pool and the host swap space (swap preemption).
+
+    Attributes:
+        to_host: True for a swap-out (device -> host), False for a swap-in (host -> device).
+        pages: ``(source page, destination page)`` pairs; whole pages of ``page_size_bytes``.
+    """
+
+    to_host: bool
+    pages: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class StepPlan:
     """One iteration of one model.
 
@@ -60,11 +73,14 @@ class StepPlan:
         seqs: chunks of the ragged batch (prefill chunks and decode tokens together).
         finished_ids: requests that finished or were aborted since the last plan (the
             executor drops their per-request state, e.g. seeded generators).
+        swaps: page copies to perform, in this order, before the forward pass (pages a
+            swap-out frees may be written by this very iteration).
     """
 
     model: str
     seqs: tuple[SeqChunk, ...]
     finished_ids: tuple[str, ...] = ()
+    swaps: tuple[PageCopy, ...] = ()
 
     @property
     def num_tokens(self) -> int:

@@ -34,6 +34,7 @@ class RequestStatus(enum.Enum):
     WAITING = "waiting"  # queued, holds no KV pages
     RUNNING = "running"  # holds KV pages, scheduled at iteration boundaries
     PREEMPTED = "preempted"  # lost its pages; waits to be recomputed
+    SWAPPED = "swapped"  # its pages are in host memory; waits to be swapped back in
     FINISHED = "finished"
 
 

@@ -17,6 +17,7 @@ class DeviceSpec:
         memory_bandwidth: bytes/s of device memory.
         memory_bytes: device memory (bytes).
         step_overhead_s: fixed cost of one iteration (launches, Python), s.
+        host_link_bandwidth: bytes/s between device and host memory (KV swapping).
     """
 
     name: str
@@ -24,16 +25,18 @@ class DeviceSpec:
     memory_bandwidth: float
     memory_bytes: int
     step_overhead_s: float = 0.0
+    host_link_bandwidth: float = 25e9
 
     def flops(self, dtype_bytes: int) -> float:
         return self.peak_flops.get(dtype_bytes) or min(self.peak_flops.values())
 
 
 # NVIDIA datasheets (dense, no sparsity). fp32 matmuls run as TF32 on tensor cores.
+# Host links: PCIe 4.0 x16 (A100) and PCIe 5.0 x16 (H100/H200), about 25 and 50 GB/s in practice.
 DEVICES: dict[str, DeviceSpec] = {
-    "a100-80gb": DeviceSpec("a100-80gb", {2: 312e12, 4: 156e12}, 2.039e12, 80 << 30, 3e-3),
-    "h100-sxm": DeviceSpec("h100-sxm", {2: 989e12, 4: 495e12}, 3.35e12, 80 << 30, 2e-3),
-    "h200": DeviceSpec("h200", {2: 989e12, 4: 495e12}, 4.8e12, 141 << 30, 2e-3),
+    "a100-80gb": DeviceSpec("a100-80gb", {2: 312e12, 4: 156e12}, 2.039e12, 80 << 30, 3e-3, 25e9),
+    "h100-sxm": DeviceSpec("h100-sxm", {2: 989e12, 4: 495e12}, 3.35e12, 80 << 30, 2e-3, 50e9),
+    "h200": DeviceSpec("h200", {2: 989e12, 4: 495e12}, 4.8e12, 141 << 30, 2e-3, 50e9),
 }
 
 
@@ -65,4 +68,4 @@ def measure_local_cpu(seconds: float = 0.5) -> DeviceSpec:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         mem = 0
-    return DeviceSpec("local-cpu", {4: flops, 2: flops}, bw, mem, 1e-3)
+    return DeviceSpec("local-cpu", {4: flops, 2: flops}, bw, mem, 1e-3, bw / 2)  # a swap is a copy

@@ -76,6 +76,8 @@ class ModelStats(msgspec.Struct, array_like=True):
     running: int
     waiting: int
     kv_pages_used: int
+    swapped: int = 0  # waiting requests whose KV is in host memory
+    preemptions: int = 0  # since start (recompute and swap)
 
 
 class EngineOutputs(msgspec.Struct, tag="outputs", array_like=True):

@@ -13,16 +13,23 @@ class SchedulerConfig:
         max_num_batched_tokens: per-iteration token budget (prefill chunks plus decode
             tokens); a longer prompt is prefilled in chunks (chunked prefill).
         max_num_seqs: most sequences in one iteration's batch.
+        preemption_mode: what a preempted request loses: ``"recompute"`` (its pages are
+            freed and its context is prefilled again later; vLLM's default) or ``"swap"``
+            (its pages are copied to the host swap space and back; falls back to recompute
+            when the swap space is full). SeaLLM design §2.3 rule 4.3.
 
     Raises:
-        ValueError: if a limit is below 1.
+        ValueError: if a limit is below 1 or the preemption mode is unknown.
     """
 
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 128
+    preemption_mode: str = "recompute"
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.preemption_mode not in ("recompute", "swap"):
+            raise ValueError(f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}")

@@ -40,6 +40,8 @@ class ServiceProfile:
         self.iteration_time_s = seed.iteration_time_s
         self.prefill_time_per_token_s = seed.prefill_time_per_token_s
         self.smoothing = smoothing
+        self._prefill_tokens = 256.0  # moving averages behind prefill_time_per_token_s
+        self._prefill_s = self._prefill_tokens * self.prefill_time_per_token_s
         self._lengths: deque[int] = deque(seed.output_lengths, maxlen=window)
         self._sorted: list[int] | None = None
 
@@ -60,8 +62,12 @@ class ServiceProfile:
         if prefill_tokens == 0 and decode_tokens > 0:
             self.iteration_time_s += a * (step_time_s - self.iteration_time_s)
         elif prefill_tokens > 0:
-            per_tok = max(0.0, step_time_s - (self.iteration_time_s if decode_tokens else 0.0)) / prefill_tokens
-            self.prefill_time_per_token_s += a * (per_tok - self.prefill_time_per_token_s)
+            # Ratio of moving averages (time over tokens), not an average of per-step ratios:
+            # small chunks, whose fixed step cost dominates, must not inflate the estimate.
+            t = max(0.0, step_time_s - (self.iteration_time_s if decode_tokens else 0.0))
+            self._prefill_s += a * (t - self._prefill_s)
+            self._prefill_tokens += a * (prefill_tokens - self._prefill_tokens)
+            self.prefill_time_per_token_s = self._prefill_s / self._prefill_tokens
 
     def observe_output_length(self, n: int) -> None:
         """Record a finished request's output length (tokens)."""

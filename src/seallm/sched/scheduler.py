@@ -2,14 +2,14 @@
 
 The mechanics are policy-free: the :class:`SchedulingPolicy` picks the model of each
 iteration and orders requests; this class fills the token budget, takes KV pages on demand
-and preempts (by recompute) when pages run out.
+and preempts (by recompute, or by swapping to host memory) when pages run out.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from seallm.core import FinishReason, Request, RequestStatus, SeqChunk, StepPlan, StepResult
+from seallm.core import FinishReason, PageCopy, Request, RequestStatus, SeqChunk, StepPlan, StepResult
 from seallm.kv import KVCacheManager
 from seallm.sched.config import SchedulerConfig
 from seallm.sched.policy import SchedulingPolicy
@@ -22,7 +22,9 @@ class Scheduler:
     (decode tokens and continuing prefill chunks, in priority order), then waiting requests
     while the token budget, the sequence limit and free pages allow. When a running request
     cannot grow, the lowest-priority running request of the device (any model) is preempted:
-    its pages are freed and it is recomputed later (vLLM's recompute preemption).
+    its pages are freed and it is recomputed later (vLLM's recompute preemption), or, with
+    ``preemption_mode="swap"`` and a KV manager with a host pool, its pages are copied to
+    host memory and copied back when it runs again (the plan carries the copies).
 
     Raises:
         ValueError: from :meth:`add_request` for an unknown model, a duplicate id, or a
@@ -37,7 +39,10 @@ class Scheduler:
         self.waiting: dict[str, deque[Request]] = {m: deque() for m in kv.models}
         self.running: dict[str, list[Request]] = {m: [] for m in kv.models}
         self._finished_ids: list[str] = []
+        self._swaps: list[PageCopy] = []  # page copies not yet handed to the executor
         self.num_preemptions = 0
+        self.num_swap_outs = 0
+        self.preemptions_by_model: dict[str, int] = {m: 0 for m in kv.models}
 
     # ---- requests ------------------------------------------------------------------------
     def add_model(self, model: str) -> None:
@@ -80,6 +85,10 @@ class Scheduler:
             return len(self.waiting[model])
         return sum(len(q) for q in self.waiting.values())
 
+    def num_swapped(self, model: str) -> int:
+        """Waiting requests of ``model`` whose KV pages are in host memory."""
+        return sum(1 for r in self.waiting[model] if r.status is RequestStatus.SWAPPED)
+
     def num_running(self, model: str | None = None) -> int:
         if model is not None:
             return len(self.running[model])
@@ -100,7 +109,8 @@ class Scheduler:
                 seqs = self._schedule_model(model, now)
             if seqs:
                 finished, self._finished_ids = tuple(self._finished_ids), []
-                return StepPlan(model=model, seqs=tuple(seqs), finished_ids=finished)
+                swaps, self._swaps = tuple(self._swaps), []
+                return StepPlan(model=model, seqs=tuple(seqs), finished_ids=finished, swaps=swaps)
         return None
 
     def _schedule_model(self, model: str, now: float) -> list[SeqChunk]:
@@ -140,7 +150,7 @@ class Scheduler:
                 if budget == 0 or len(seqs) >= cfg.max_num_seqs:
                     break
                 n = min(r.num_uncomputed_tokens, budget)
-                if not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
+                if not self._take_pages(r, r.num_computed_tokens + n):
                     break  # no overtaking: a later request must not take the head's pages
                 self._admit(r, now)
                 admitted.append(r)
@@ -148,6 +158,44 @@ class Scheduler:
                 budget -= n
             self._remove_waiting(model, admitted)
         return seqs
+
+    def _take_pages(self, r: Request, num_tokens: int) -> bool:
+        """Pages for a waiting request to cover ``num_tokens`` tokens: swapped-out ones come
+        back from host memory (the copy joins the next plan), the others allocate."""
+        if r.status is RequestStatus.SWAPPED:
+            pairs = self.kv.swap_in(r.request_id, num_tokens)
+            if pairs is None:
+                return False
+            self._swaps.append(PageCopy(False, tuple(pairs)))
+            return True
+        return self.kv.allocate(r.request_id, r.model, num_tokens)
+
+    def _room_victims(self, r: Request, num_tokens: int, now: float) -> list[Request] | None:
+        """Lower-priority running requests (lowest first, any model) whose swap-out would let
+        waiting ``r`` hold ``num_tokens`` tokens, or None when that is impossible (then
+        nobody is evicted). Swap mode only: evicting by recompute to admit a new request
+        thrashes. Requests with nothing computed yet (admitted in this pass) are spared."""
+        if self.config.preemption_mode != "swap" or self.kv.host_pool is None:
+            return None
+        key = self.policy.priority_key
+        rk = key(r, now)
+        need = max(self.kv.pages_needed(r.model, num_tokens), self.kv.num_host_pages_of(r.request_id))
+        short = need - self.kv.num_pages_of(r.request_id) - self.kv.pool.num_free
+        victims, gain, host_free = [], 0, self.kv.host_pool.num_free
+        cands = sorted((v for q in self.running.values() for v in q if v.num_computed_tokens > 0),
+                       key=lambda v: key(v, now), reverse=True)
+        for v in cands:
+            if gain >= short:
+                break
+            if key(v, now) <= rk:
+                return None
+            pages = self.kv.num_pages_of(v.request_id)
+            if pages > host_free:
+                continue
+            victims.append(v)
+            gain += pages
+            host_free -= pages
+        return victims if gain >= short else None
 
     def _admit(self, r: Request, now: float) -> None:
         """A waiting request got its pages: it joins the running set."""
@@ -169,7 +217,9 @@ class Scheduler:
         token each: they keep the batch full at little cost), then prefill chunks in priority
         order. A running request short of KV pages takes them from lower-priority running
         requests of the device (recompute); a waiting request is admitted only into free pages
-        and, when it cannot get them, stops admission.
+        and, when it cannot get them, stops admission; in swap mode it may first swap out
+        lower-priority running requests, even ones already placed in this batch
+        (:meth:`_room_victims`).
         """
         cfg = self.config
         key = self.policy.priority_key
@@ -191,29 +241,44 @@ class Scheduler:
             n = min(r.num_uncomputed_tokens, budget)
             rk = key(r, now)
             running = r.status is RequestStatus.RUNNING
+            if not running:
+                need = r.num_computed_tokens + n
+                ok = self._take_pages(r, need)
+                if not ok:
+                    victims = self._room_victims(r, need, now)
+                    for v in victims or ():
+                        if v.request_id in scheduled:  # give back its place in this batch
+                            i = next(i for i, c in enumerate(seqs) if c.request_id == v.request_id)
+                            budget += seqs.pop(i).num_tokens
+                            scheduled.discard(v.request_id)
+                        self._preempt(v)
+                        preempted_now.add(v.request_id)
+                    ok = bool(victims) and self._take_pages(r, need)
+                if ok:
+                    self._admit(r, now)
+                    admitted.append(r)
+                    seqs.append(self._chunk(r, n))
+                    scheduled.add(r.request_id)
+                    budget -= n
+                    continue
+                break
             while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
                 # Only a running request that must grow evicts others: admitting a new request
                 # by evicting one whose whole context must then be recomputed thrashes.
-                victim = self._pick_victim(scheduled | {r.request_id}, now) if running else None
+                victim = self._pick_victim(scheduled | {r.request_id}, now)
                 if victim is None or key(victim, now) <= rk:
                     break
                 self._preempt(victim)
                 preempted_now.add(victim.request_id)
             else:
-                if r.status is not RequestStatus.RUNNING:
-                    self._admit(r, now)
-                    admitted.append(r)
                 seqs.append(self._chunk(r, n))
                 scheduled.add(r.request_id)
                 budget -= n
                 continue
-            if r.status is RequestStatus.RUNNING:
-                # Cannot grow and nothing of lower priority to take pages from: it gives its own
-                # pages back so higher-priority requests are never stuck behind it.
-                self._preempt(r)
-                preempted_now.add(r.request_id)
-                continue
-            break
+            # Cannot grow and nothing of lower priority to take pages from: it gives its own
+            # pages back so higher-priority requests are never stuck behind it.
+            self._preempt(r)
+            preempted_now.add(r.request_id)
         self._remove_waiting(model, admitted)
         return seqs
 
@@ -236,12 +301,23 @@ class Scheduler:
         return max(cands, key=lambda r: key(r, now)) if cands else None
 
     def _preempt(self, r: Request) -> None:
-        self.kv.free(r.request_id)
+        """Take a running request's device pages: swap them out when the mode and the swap
+        space allow, else free them (its context is recomputed later)."""
+        pairs = None
+        if self.config.preemption_mode == "swap" and r.num_computed_tokens > 0:
+            pairs = self.kv.swap_out(r.request_id)
+        if pairs is not None:
+            self._swaps.append(PageCopy(True, tuple(pairs)))
+            r.status = RequestStatus.SWAPPED
+            self.num_swap_outs += 1
+        else:
+            self.kv.free(r.request_id)
+            r.num_computed_tokens = 0
+            r.status = RequestStatus.PREEMPTED
         self.running[r.model].remove(r)
-        r.num_computed_tokens = 0
-        r.status = RequestStatus.PREEMPTED
         r.num_preemptions += 1
         self.num_preemptions += 1
+        self.preemptions_by_model[r.model] = self.preemptions_by_model.get(r.model, 0) + 1
         self.waiting[r.model].appendleft(r)
 
     def _finish(self, r: Request, reason: FinishReason, now: float) -> None:
@@ -302,3 +378,10 @@ class Scheduler:
         for m, q in self.waiting.items():
             for r in q:
                 assert self.kv.num_pages_of(r.request_id) == 0, f"waiting {r.request_id} holds pages"
+                swapped = r.status is RequestStatus.SWAPPED
+                assert swapped == self.kv.is_swapped(r.request_id), f"{r.request_id}: {r.status} vs swap space"
+                if swapped:
+                    need = self.kv.pages_needed(m, r.num_computed_tokens)
+                    assert self.kv.num_host_pages_of(r.request_id) >= need, f"swapped {r.request_id} lacks pages"
+                else:
+                    assert r.num_computed_tokens == 0, f"waiting {r.request_id} claims computed tokens"

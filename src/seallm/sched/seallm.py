@@ -7,17 +7,26 @@ paper's listing is not available:
 1. Each request gets an estimated execution time Ê from its service profile (prefill of its
    prompt + an output-length statistic x the iteration time) and an initial budget B = Ê
    (service-agnostic ablation: the same budget for every service).
-2. Priority key (smaller runs first), compared across all models of the device:
-   ``(API priority, level, B - attained, arrival)``. The next iteration runs the model whose
-   most urgent request has the best (API priority, level); tied models take turns.
-3. After each iteration in which a request ran, its attained service grows by the iteration
-   time; when attained >= B it is demoted one level and its budget doubles (fixed-budget
-   ablation: stays B).
+2. Priority key (smaller runs first), compared across all models of the device. With
+   ``demotion_order="budget"`` (default): ``(API priority, -boosts, B - attained, arrival)``:
+   a demoted request competes by its remaining (doubled) budget, so a short service's
+   demoted request still outranks a long service's fresh one ("priority gradually
+   decreased"). With ``demotion_order="level"`` (strict MLFQ): ``(API priority, level -
+   boosts, B - attained, arrival)``. The next iteration runs the model whose most urgent
+   request has the best class (API priority, -boosts, level); models tied on that take
+   turns.
+3. After each iteration in which a request ran, its attained service grows by the work done
+   for it, in the units of Ê: its prefill tokens x the profile's prefill time per token, or
+   one iteration time for a decode token (``accounting="work"``, the default; the
+   reference's "iterations x τ̄" extended to chunked prefill). ``accounting="iteration"``
+   charges the whole iteration's time instead, which over-charges a request that shares a
+   long prefill iteration. When attained >= B it is demoted one level and its budget
+   doubles (fixed-budget ablation: stays B).
 4. Aging (MLFQ priority boost): every ``aging_interval_s`` a request spends without running
-   promotes it one level, below 0 if need be. No request starves: a request at level k that
-   waits is at level -1 after (k + 1) intervals, ahead of every newly arrived request (level
-   0), and then runs until its remaining budget at that level is spent; each further wait
-   is bounded the same way.
+   adds one boost. No request starves: a request that waits one interval is ahead of every
+   unboosted request (in level order: after (level + 1) intervals, ahead of every new
+   request), and then runs until its remaining budget is spent or others waited longer;
+   each further wait is bounded the same way.
 5. Preemption at iteration boundaries: the ``max_num_seqs`` most urgent requests get the
    seats (others keep their KV pages and wait); decode tokens go first, then prefill chunks
    in priority order; under memory pressure the lowest-priority running request of the
@@ -50,6 +59,11 @@ class SeaLLMConfig:
         aging_interval_s: seconds of waiting that promote a request by one level (None: no aging;
             requests of the device's other models wait too, so the interval is in wall time).
         use_request_priority: order first by the API's ``priority`` (lower first), then by DB.
+        demotion_order: ``"budget"`` (a demoted request keeps competing by its remaining
+            doubled budget) or ``"level"`` (strict MLFQ: any lower level runs first).
+        accounting: how attained service grows: ``"work"`` (the request's own prefill
+            tokens and decode iterations, priced by its service profile) or ``"iteration"``
+            (the wall time of every iteration it took part in).
         seeds: per-model starting profiles.
     """
 
@@ -60,6 +74,8 @@ class SeaLLMConfig:
     preemption: bool = True
     aging_interval_s: float | None = 10.0
     use_request_priority: bool = True
+    accounting: str = "work"
+    demotion_order: str = "budget"
     seeds: dict[str, ProfileSeed] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,12 +85,17 @@ class SeaLLMConfig:
             raise ValueError("aging_interval_s must be positive or None")
         if self.agnostic_budget_s <= 0:
             raise ValueError("agnostic_budget_s must be positive")
+        if self.demotion_order not in ("budget", "level"):
+            raise ValueError(f"demotion_order must be 'budget' or 'level', got {self.demotion_order!r}")
+        if self.accounting not in ("work", "iteration"):
+            raise ValueError(f"accounting must be 'work' or 'iteration', got {self.accounting!r}")
 
 
 @dataclass
 class _DBState:
     budget_s: float
     level: int = 0
+    boost: int = 0
     attained_s: float = 0.0
     last_ran: float = 0.0
 
@@ -136,19 +157,32 @@ class SeaLLMPolicy(SchedulingPolicy):
             budget = c.agnostic_budget_s
         self._state[request.request_id] = _DBState(max(budget, 1e-6), last_ran=request.arrival_time)
 
-    def priority_key(self, request: "Request", now: float) -> tuple:
+    def _st(self, request: "Request", now: float) -> _DBState:
         st = self._state.get(request.request_id)
         if st is None:  # arrived before the policy was attached
             self.on_arrival(request, now)
             st = self._state[request.request_id]
+        return st
+
+    def priority_key(self, request: "Request", now: float) -> tuple:
+        st = self._st(request, now)
         user = request.priority if self.config.use_request_priority else 0
-        return (user, st.level, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
+        tier = -st.boost if self.config.demotion_order == "budget" else st.level - st.boost
+        return (user, tier, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
+
+    def _class(self, request: "Request", now: float) -> tuple:
+        st = self._st(request, now)
+        user = request.priority if self.config.use_request_priority else 0
+        if self.config.demotion_order == "budget":
+            return (user, -st.boost, st.level)
+        return (user, st.level - st.boost)
 
     def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
-        """The model whose most urgent runnable request has the best (API priority, level) runs
-        next; models tied on that take turns (least recently run first), so fresh requests of
-        every service progress while demoted long ones yield across models."""
-        best = {m: min(self.priority_key(r, now)[:2] for r in rs) for m, rs in runnable.items()}
+        """The model whose most urgent runnable request has the best class (API priority,
+        aging boosts, level) runs next; models tied on that take turns (least recently run
+        first), so fresh requests of every service progress while demoted ones yield across
+        models."""
+        best = {m: min(self._class(r, now) for r in rs) for m, rs in runnable.items()}
         return sorted(runnable, key=lambda m: (best[m], self._last_run.get(m, -1)))
 
     def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
@@ -156,14 +190,21 @@ class SeaLLMPolicy(SchedulingPolicy):
         self._last_run[plan.model] = self._steps
         prefill = sum(s.num_tokens for s in plan.seqs if not s.is_decode)
         decode = sum(1 for s in plan.seqs if s.is_decode)
-        self.profile(plan.model).observe_step(result.step_time, prefill, decode)
+        prof = self.profile(plan.model)
+        prof.observe_step(result.step_time, prefill, decode)
+        by_work = self.config.accounting == "work"
         ran = set()
         for s in plan.seqs:
             st = self._state.get(s.request_id)
             if st is None:
                 continue
             ran.add(s.request_id)
-            st.attained_s += result.step_time
+            if not by_work:
+                st.attained_s += result.step_time
+            elif s.is_decode:
+                st.attained_s += prof.iteration_time_s
+            else:
+                st.attained_s += s.num_tokens * prof.prefill_time_per_token_s
             st.last_ran = now
             while st.attained_s >= st.budget_s:
                 st.level += 1
@@ -174,7 +215,7 @@ class SeaLLMPolicy(SchedulingPolicy):
         if interval is not None:
             for rid, st in self._state.items():
                 if rid not in ran and now - st.last_ran >= interval:
-                    st.level -= 1
+                    st.boost += 1
                     st.last_ran = now
 
     def on_finish(self, request: "Request", now: float) -> None:

@@ -67,7 +67,7 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
             await engine.shutdown()
             raise
         models = {m.name: ServedModel(m, load_tokenizer(m.path)) for m in ready.models}
-        metrics = ServerMetrics(list(models), ready.scheduling_policy, ready.num_pages)
+        metrics = ServerMetrics(list(models), ready.scheduling_policy, ready.num_pages, cfg.preemption_mode)
         app.state.engine = engine
         app.state.metrics = metrics
         from seallm.core import SLO
@@ -75,8 +75,8 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         slo_classes = {c.name: SLO(c.ttft, c.tpot, c.e2e) for c in cfg.slo_classes}
         app.state.serving = OpenAIServing(engine, models, metrics, cfg.max_tokens_limit, slo_classes)
         app.state.created = int(time.time())
-        logger.info("seallm %s serving %s on http://%s:%d (policy %s)", seallm.__version__, ", ".join(models),
-                    cfg.host, cfg.port, ready.scheduling_policy)
+        logger.info("seallm %s serving %s on http://%s:%d (policy %s, %s preemption)", seallm.__version__,
+                    ", ".join(models), cfg.host, cfg.port, ready.scheduling_policy, cfg.preemption_mode)
         try:
             yield
         finally:

@@ -21,6 +21,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduling-policy", default=None, help="fcfs (default) or seallm")
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="per-iteration token budget (512)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="most sequences per iteration (128)")
+    p.add_argument("--preemption-mode", default=None, choices=("recompute", "swap"),
+                   help="what a preempted request loses: recompute (default) or swap (KV to host memory)")
+    p.add_argument("--swap-space", default=None, help="host memory for swapped KV pages (default 4GiB)")
     p.add_argument("--max-tokens-limit", type=int, default=None, help="most output tokens per request")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1")
     p.add_argument("--log-level", default="info")
@@ -50,7 +53,8 @@ def deployment_from_args(args: argparse.Namespace):
     return cfg.with_overrides(host=args.host, port=args.port, device=args.device,
                               kv_cache_memory=args.kv_cache_memory, scheduling_policy=args.scheduling_policy,
                               max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-                              max_tokens_limit=args.max_tokens_limit, api_key=args.api_key)
+                              max_tokens_limit=args.max_tokens_limit, api_key=args.api_key,
+                              preemption_mode=args.preemption_mode, swap_space=args.swap_space)
 
 
 def run_serve(args: argparse.Namespace) -> int:

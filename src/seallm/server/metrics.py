@@ -12,7 +12,8 @@ _TPOT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3
 class ServerMetrics:
     """Latency histograms (s), request/token counters and engine load gauges."""
 
-    def __init__(self, models: list[str], scheduling_policy: str, num_pages: int) -> None:
+    def __init__(self, models: list[str], scheduling_policy: str, num_pages: int,
+                 preemption_mode: str = "recompute") -> None:
         self.registry = r = CollectorRegistry()
         lab = ["model"]
         self.ttft = Histogram("seallm:time_to_first_token_seconds", "Time to first token (s)", lab,
@@ -30,12 +31,19 @@ class ServerMetrics:
         self.running = Gauge("seallm:num_requests_running", "Requests holding KV pages", lab, registry=r)
         self.waiting = Gauge("seallm:num_requests_waiting", "Queued requests", lab, registry=r)
         self.kv_pages = Gauge("seallm:kv_cache_pages_used", "KV pages held by the model's requests", lab, registry=r)
+        self.swapped = Gauge("seallm:num_requests_swapped", "Waiting requests whose KV is in host memory", lab,
+                             registry=r)
+        self.preemptions = Counter("seallm:num_preemptions", "Requests that lost their KV pages (recompute or swap)",
+                                   lab, registry=r)
+        self._preemptions_seen: dict[str, int] = {}
         self.kv_total = Gauge("seallm:kv_cache_pages_total", "Pages of the unified KV pool", registry=r)
         self.kv_total.set(num_pages)
-        Info("seallm:scheduler", "Scheduling policy of the device", registry=r).info({"policy": scheduling_policy})
+        Info("seallm:scheduler", "Scheduling policy of the device", registry=r).info(
+            {"policy": scheduling_policy, "preemption_mode": preemption_mode})
         for m in models:  # make every series visible from the start
-            for g in (self.running, self.waiting, self.kv_pages):
+            for g in (self.running, self.waiting, self.kv_pages, self.swapped):
                 g.labels(m).set(0)
+            self.preemptions.labels(m)
 
     def observe_finished(self, model: str, arrival: float, first_token: float | None, finish: float,
                          prompt_tokens: int, output_tokens: int, finish_reason: str,
@@ -57,6 +65,11 @@ class ServerMetrics:
             self.running.labels(m).set(s.running)
             self.waiting.labels(m).set(s.waiting)
             self.kv_pages.labels(m).set(s.kv_pages_used)
+            self.swapped.labels(m).set(s.swapped)
+            new = s.preemptions - self._preemptions_seen.get(m, 0)
+            if new > 0:
+                self.preemptions.labels(m).inc(new)
+                self._preemptions_seen[m] = s.preemptions
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

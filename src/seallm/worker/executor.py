@@ -21,13 +21,16 @@ class ModelExecutor:
         num_pages: pages in the pool; page_size_bytes: bytes per page.
         tokens_per_page: name -> tokens of that model per page (from ``KVCacheManager``).
         device: torch device of the models and the pool.
+        num_host_pages: pages of the host swap space (0: no swapping).
 
     The pool is one uint8 tensor of ``num_pages * page_size_bytes`` bytes; each model gets
-    a strided view of it (:func:`seallm.models.attention.kv_view`).
+    a strided view of it (:func:`seallm.models.attention.kv_view`). The swap space is a
+    ``[num_host_pages, page_size_bytes]`` uint8 tensor in host memory (pinned on CUDA).
     """
 
     def __init__(self, models: dict[str, LlamaForCausalLM], num_pages: int, page_size_bytes: int,
-                 tokens_per_page: dict[str, int], device: str | torch.device = "cpu") -> None:
+                 tokens_per_page: dict[str, int], device: str | torch.device = "cpu",
+                 num_host_pages: int = 0) -> None:
         self.device = torch.device(device)
         if self.device.type == "cpu":
             tune_malloc()
@@ -40,12 +43,28 @@ class ModelExecutor:
             self.kv_views[name] = kv_view(self.pool, page_size_bytes, c.num_layers, self.tokens_per_page[name],
                                           c.num_kv_heads, c.head_dim, m.dtype)
         self.kv_pages = {name: layer_page_views(v) for name, v in self.kv_views.items()}
+        self.pages = self.pool.view(num_pages, page_size_bytes)
+        # torch.empty: host memory is committed only as pages are swapped out (CPU).
+        self.host_pages = torch.empty((num_host_pages, page_size_bytes), dtype=torch.uint8,
+                                      pin_memory=self.device.type == "cuda" and num_host_pages > 0)
         self.sampler = Sampler()
+
+    def copy_pages(self, swaps) -> None:
+        """Perform a plan's page copies in order (``PageCopy``: device <-> host swap space)."""
+        for c in swaps:
+            src = torch.tensor([p for p, _ in c.pages], dtype=torch.long)
+            dst = torch.tensor([p for _, p in c.pages], dtype=torch.long)
+            if c.to_host:
+                self.host_pages.index_copy_(0, dst, self.pages.index_select(0, src.to(self.device)).cpu())
+            else:
+                self.pages.index_copy_(0, dst.to(self.device), self.host_pages.index_select(0, src).to(self.device))
 
     def execute(self, plan: StepPlan) -> StepResult:
         """Run one iteration of ``plan.model``; returns the sampled tokens and the step time (s)."""
         t0 = time.perf_counter()
         self.sampler.forget(plan.finished_ids)
+        if plan.swaps:
+            self.copy_pages(plan.swaps)
         model = self.models[plan.model]
         decodes = [s for s in plan.seqs if s.is_decode]
         prefills = [s for s in plan.seqs if not s.is_decode]

@@ -1,0 +1,157 @@
+"""``seallm simulate``: plan a deployment on a simulated device with the real scheduler code.
+
+The device runs the same ``Scheduler`` and policy as ``seallm serve``; only the forward
+passes are replaced by a cost model: a profile written by ``seallm profile`` for a model
+(max-affine fit of measured step times), else the roofline model of ``--device``. The
+workload options and the metrics are those of ``seallm bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
+    from seallm.bench.cli import add_workload_args
+
+    p = sub.add_parser("simulate", help="simulate a deployment under a trace or synthetic workload",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("deployment (as for seallm serve; no weights are loaded)")
+    d.add_argument("--model", action="append", metavar="NAME=PATH", help="a Hugging Face checkpoint (repeatable)")
+    d.add_argument("--config", help="YAML deployment file")
+    d.add_argument("--kv-cache-memory", default=None, help="KV pool size, e.g. 2GiB (default: the deployment's)")
+    d.add_argument("--scheduling-policy", nargs="+", default=None, metavar="POLICY",
+                   help="fcfs and/or seallm; several policies are compared on the same requests")
+    d.add_argument("--max-num-batched-tokens", type=int, default=None, help="per-iteration token budget")
+    d.add_argument("--max-num-seqs", type=int, default=None, help="most sequences per iteration")
+    d.add_argument("--preemption-mode", default=None, choices=("recompute", "swap"),
+                   help="what a preempted request loses (default: the deployment's)")
+    d.add_argument("--swap-space", default=None, help="host memory for swapped KV pages (default 4GiB)")
+    c = p.add_argument_group("cost model")
+    c.add_argument("--cost-profile", action="append", metavar="NAME=FILE",
+                   help="step-time profile of a model from `seallm profile` (repeatable)")
+    c.add_argument("--device", default="cpu",
+                   help="device for models without a profile (roofline) and for swap copies (host link): "
+                        "a100-80gb, h100-sxm, h200 or cpu (this CPU, micro-benchmarked) (default cpu)")
+    add_workload_args(p)
+    m = p.add_argument_group("metrics and output")
+    m.add_argument("--slo-scales", nargs="+", type=float, default=[5.0, 10.0], metavar="SCALE",
+                   help="SLO scales: E2E <= scale x served-alone latency on the simulated device (default 5 10)")
+    m.add_argument("--output", default=None, metavar="FILE", help="write the results as JSON")
+    p.set_defaults(func=run_simulate)
+
+
+def load_cost_profile(path: str):
+    """The cost model in a ``seallm profile`` JSON file (or a bare max-affine model).
+
+    Raises:
+        ValueError: unreadable file or not a profile.
+    """
+    from seallm.cost import MaxAffineCostModel
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        d = d.get("cost_model", d)
+        return MaxAffineCostModel.from_json(json.dumps(d))
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a seallm cost profile ({e})") from None
+
+
+def sim_config_from_args(args: argparse.Namespace):
+    """(deployment, list of SimConfig, one per policy) from the command line. Raises ``ValueError``."""
+    from seallm.cli import _parse_models
+    from seallm.cost import DEVICES, RooflineCostModel, measure_local_cpu
+    from seallm.deploy import DeploymentConfig, ModelEntry, load_deployment
+    from seallm.kv import default_page_size_bytes, parse_bytes
+    from seallm.models.config import load_model_config
+    from seallm.profiling import model_shape
+    from seallm.sched import SchedulerConfig
+    from seallm.sim import SimModel
+    from seallm.sim.runner import SimConfig
+
+    models = _parse_models(args.model or [])
+    if args.config:
+        dep = load_deployment(args.config)
+        if models:
+            dep = dep.with_overrides(models=tuple(ModelEntry(n, p) for n, p in models.items()))
+    elif models:
+        dep = DeploymentConfig(models=tuple(ModelEntry(n, p) for n, p in models.items()))
+    else:
+        raise ValueError("give --model NAME=PATH (repeatable) or --config FILE")
+    dep = dep.with_overrides(kv_cache_memory=args.kv_cache_memory, max_num_batched_tokens=args.max_num_batched_tokens,
+                             max_num_seqs=args.max_num_seqs, preemption_mode=args.preemption_mode,
+                             swap_space=args.swap_space)
+    profiles = dict(_parse_models(args.cost_profile or []))
+    unknown = sorted(set(profiles) - {m.name for m in dep.models})
+    if unknown:
+        raise ValueError(f"--cost-profile for model(s) {unknown} that the deployment does not serve")
+    configs = {m.name: load_model_config(m.path, m.dtype) for m in dep.models}
+    if args.device == "cpu":
+        device = measure_local_cpu()
+    elif args.device in DEVICES:
+        device = DEVICES[args.device]
+    else:
+        raise ValueError(f"unknown --device {args.device!r}; known: cpu, {', '.join(DEVICES)}")
+    sims = []
+    for name, cfg in configs.items():
+        cost = load_cost_profile(profiles[name]) if name in profiles else RooflineCostModel(model_shape(cfg), device)
+        sims.append(SimModel(name, cfg.kv_spec, cost))
+    page = dep.page_size_bytes or default_page_size_bytes([c.kv_spec for c in configs.values()])
+    if dep.kv_cache_memory is None:
+        raise ValueError("give --kv-cache-memory (the simulator cannot read free GPU memory)")
+    pages = parse_bytes(dep.kv_cache_memory) // page
+    if pages < 1:
+        raise ValueError(f"kv_cache_memory={dep.kv_cache_memory!r} is smaller than one page ({page} bytes)")
+    policies = args.scheduling_policy or [dep.scheduling_policy]
+    out = []
+    for pol in policies:
+        opts = dep.policy_options if pol == dep.scheduling_policy else {}
+        out.append(SimConfig(models=tuple(sims), kv_pages=pages, page_size_bytes=page, scheduling_policy=pol,
+                             policy_options=dict(opts),
+                             scheduler=SchedulerConfig(dep.max_num_batched_tokens, dep.max_num_seqs,
+                                                       dep.preemption_mode),
+                             swap_pages=parse_bytes(dep.swap_space) // page if dep.preemption_mode == "swap" else 0,
+                             swap_bandwidth=device.host_link_bandwidth, slo_scales=tuple(args.slo_scales), seed=args.seed))
+    return dep, out
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Run ``seallm simulate``: one table per policy, JSON on request. Returns 0, or 2 on bad input."""
+    from seallm.bench.cli import workload_from_args
+    from seallm.bench.table import format_table
+    from seallm.models.config import CheckpointError
+    from seallm.sim.runner import run_simulation, simulated_alone_latency
+    from seallm.bench.workload import build_workload
+
+    try:
+        dep, configs = sim_config_from_args(args)
+        workload = workload_from_args(args)
+        requests = build_workload(workload, args.seed)
+        alone = simulated_alone_latency(configs[0], requests)
+        results = [(c.scheduling_policy, run_simulation(c, requests, alone)) for c in configs]
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = {"deployment": {"models": [m.name for m in dep.models], "kv_pages": configs[0].kv_pages,
+                          "page_size_bytes": configs[0].page_size_bytes}, "policies": {}}
+    for pol, res in results:
+        d = res.device
+        print(f"\n== policy {pol}: {len(d.records)} requests, {d.num_steps} iterations, "
+              f"busy {d.busy_s:.1f} s of {d.makespan_s:.1f} s, {d.num_preemptions} preemptions "
+              f"({d.num_swap_outs} by swapping)")
+        print(format_table(res.metrics, tuple(args.slo_scales)))
+        o = res.metrics.overall
+        out["policies"][pol] = dict(
+            normalized_latency_s=o.normalized_latency_s, mean_e2e_s=o.e2e.mean, p99_e2e_s=o.e2e.p99,
+            mean_ttft_s=o.ttft.mean, p99_ttft_s=o.ttft.p99, output_throughput=o.output_throughput,
+            slo_attainment={str(k): v for k, v in (o.slo_attainment or {}).items()},
+            iterations=d.num_steps, busy_s=d.busy_s, makespan_s=d.makespan_s, preemptions=d.num_preemptions,
+            swap_outs=d.num_swap_outs)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"wrote {args.output}")
+    return 0
