@@ -72,7 +72,7 @@ class SeaLLMConfig:
     agnostic_budget_s: float = 1.0
     doubling: bool = True
     preemption: bool = True
-    aging_interval_s: float | None = 10.0
+    aging_interval_s: float | None = 30.0
     use_request_priority: bool = True
     accounting: str = "work"
     demotion_order: str = "budget"
