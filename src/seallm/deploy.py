@@ -48,14 +48,15 @@ class DeploymentConfig:
         device: "cpu" or "cuda[:i]".
         kv_cache_memory: KV pool size ("2GiB"); None sizes it from free GPU memory.
         page_size_bytes: KV page size; None derives it from the models.
-        scheduling_policy: "fcfs" (vLLM-like baseline) or "seallm" (doubling budget).
+        scheduling_policy: "seallm" (doubling budget; the default) or "fcfs" (vLLM-like baseline).
         policy_options: knobs of the policy (``seallm``: fields of ``SeaLLMConfig``).
         profiles_path: JSON file where the ``seallm`` policy keeps its service profiles
             (loaded at start if present, written at shutdown).
         max_num_batched_tokens: per-iteration token budget (chunked prefill).
         max_num_seqs: most sequences per iteration.
-        preemption_mode: "recompute" (a preempted request's KV is dropped and prefilled again)
-            or "swap" (copied to host memory and back; recompute when the swap space is full).
+        preemption_mode: "swap" (the default: a preempted request's KV is copied to host memory
+            and back; recompute when the swap space is full) or "recompute" (dropped and
+            prefilled again, vLLM's way).
         swap_space: host memory for swapped-out KV pages ("4GiB"); used with "swap" only.
         gpu_memory_utilization: fraction of free GPU memory for the KV pool.
         slo_classes: named SLOs requests may refer to.
@@ -67,12 +68,12 @@ class DeploymentConfig:
     device: str = "cpu"
     kv_cache_memory: str | int | None = "1GiB"
     page_size_bytes: int | None = None
-    scheduling_policy: str = "fcfs"
+    scheduling_policy: str = "seallm"
     policy_options: dict = field(default_factory=dict)
     profiles_path: str | None = None
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 128
-    preemption_mode: str = "recompute"
+    preemption_mode: str = "swap"
     swap_space: str | int = "4GiB"
     gpu_memory_utilization: float = 0.9
     slo_classes: tuple[SLOClass, ...] = field(default_factory=tuple)
@@ -89,11 +90,42 @@ class DeploymentConfig:
             raise ValueError(f"model names must be unique, got {names}")
         SchedulerConfig(self.max_num_batched_tokens, self.max_num_seqs, self.preemption_mode)  # validates
         parse_bytes(self.swap_space)  # validates
+        object.__setattr__(self, "policy_options", resolve_trace_seeds(self.policy_options))
         make_policy(self.scheduling_policy, self.policy_options)  # validates name and options
 
     def with_overrides(self, **kw: Any) -> "DeploymentConfig":
         """A copy with the given fields replaced (None values are ignored)."""
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def resolve_trace_seeds(options: dict, window: int = 512) -> dict:
+    """Replace ``seeds: {MODEL: {trace: NAME, length_scale: X}}`` in ``seallm`` policy options
+    by the output lengths of the trace's last ``window`` requests (scaled by X, default 1), so
+    a service profile starts from its real traffic. NAME is an Azure LLM trace 2023 shipped
+    with seallm (``chat``, ``code``, ``conv``) or a CSV path in that format.
+
+    Raises:
+        ValueError: an unknown trace or a malformed seed.
+    """
+    seeds = options.get("seeds") if isinstance(options, dict) else None
+    if not isinstance(seeds, dict) or not any(isinstance(v, dict) and "trace" in v for v in seeds.values()):
+        return options
+    from seallm.bench.traces import load_azure_trace
+
+    out = {}
+    for model, seed in seeds.items():
+        if isinstance(seed, dict) and "trace" in seed:
+            seed = dict(seed)
+            trace = load_azure_trace(str(seed.pop("trace")))
+            try:
+                scale = float(seed.pop("length_scale", 1.0))
+            except (TypeError, ValueError):
+                raise ValueError(f"seeds.{model}.length_scale must be a number") from None
+            if not scale > 0:
+                raise ValueError(f"seeds.{model}.length_scale must be > 0, got {scale}")
+            seed["output_lengths"] = [max(1, round(int(n) * scale)) for n in trace.output_lens[-window:]]
+        out[model] = seed
+    return {**options, "seeds": out}
 
 
 def load_deployment(path: str) -> DeploymentConfig:
@@ -107,7 +139,8 @@ def load_deployment(path: str) -> DeploymentConfig:
         device: cpu
         kv_cache_memory: 2GiB
         scheduling_policy: seallm
-        policy_options: {output_quantile: 0.5, aging_interval_s: 10}
+        policy_options: {output_quantile: 0.5, aging_interval_s: 30,
+                         seeds: {chat: {trace: chat}, code: {trace: code}}}
         max_num_batched_tokens: 512
         preemption_mode: swap
         swap_space: 4GiB

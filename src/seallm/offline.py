@@ -38,11 +38,11 @@ class LLM:
         kv_cache_memory: bytes of the KV pool ("2GiB", 1 << 30). None on CUDA sizes the pool
             from free memory after loading the weights (``gpu_memory_utilization`` of it).
         dtype: "auto" (each checkpoint's own) or float32 / bfloat16 / float16 for all.
-        scheduling_policy: "fcfs" (vLLM-like) or "seallm" (doubling budget).
+        scheduling_policy: "seallm" (doubling budget, the default) or "fcfs" (vLLM-like).
         policy_options: knobs of the policy (``seallm``: fields of ``SeaLLMConfig``).
         max_num_batched_tokens: per-iteration token budget (chunked prefill).
         max_num_seqs: most sequences per iteration.
-        preemption_mode: "recompute" or "swap" (KV copied to host memory and back).
+        preemption_mode: "swap" (KV copied to host memory and back, the default) or "recompute".
         swap_space: host memory for swapped KV ("4GiB"), used with "swap".
         page_size_bytes: bytes per KV page; default: the smallest power of two giving every
             model >= 16 tokens per page.
@@ -59,13 +59,13 @@ class LLM:
         device: str = "cpu",
         kv_cache_memory: int | str | None = "1GiB",
         dtype: str = "auto",
-        scheduling_policy: str = "fcfs",
+        scheduling_policy: str = "seallm",
         max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 128,
         page_size_bytes: int | None = None,
         gpu_memory_utilization: float = 0.9,
         policy_options: dict | None = None,
-        preemption_mode: str = "recompute",
+        preemption_mode: str = "swap",
         swap_space: int | str = "4GiB",
     ) -> None:
         if not models:

@@ -2,7 +2,8 @@
 
 The device runs the same ``Scheduler`` and policy as ``seallm serve``; only the forward
 passes are replaced by a cost model: a profile written by ``seallm profile`` for a model
-(max-affine fit of measured step times), else the roofline model of ``--device``. The
+(max-affine fit of measured step times), or the one ``seallm serve`` refits online and keeps
+in the deployment's ``profiles_path``, else the roofline model of ``--device``. The
 workload options and the metrics are those of ``seallm bench``.
 """
 
@@ -31,7 +32,8 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--swap-space", default=None, help="host memory for swapped KV pages (default 4GiB)")
     c = p.add_argument_group("cost model")
     c.add_argument("--cost-profile", action="append", metavar="NAME=FILE",
-                   help="step-time profile of a model from `seallm profile` (repeatable)")
+                   help="step-time model of a model: a `seallm profile` output or a serving deployment's "
+                        "profiles_path file (repeatable; the deployment's profiles_path is read by default)")
     c.add_argument("--device", default="cpu",
                    help="device for models without a profile (roofline) and for swap copies (host link): "
                         "a100-80gb, h100-sxm, h200 or cpu (this CPU, micro-benchmarked) (default cpu)")
@@ -43,21 +45,39 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_simulate)
 
 
-def load_cost_profile(path: str):
-    """The cost model in a ``seallm profile`` JSON file (or a bare max-affine model).
+def load_cost_profile(path: str, model: str | None = None):
+    """The cost model of ``model`` in a JSON file: a ``seallm profile`` output, a bare
+    max-affine model, or the service profiles a ``seallm serve`` deployment keeps in its
+    ``profiles_path`` (one entry per model, refit from the iterations it served).
 
     Raises:
-        ValueError: unreadable file or not a profile.
+        ValueError: unreadable file, or no cost model (for ``model``) in it.
     """
     from seallm.cost import MaxAffineCostModel
 
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
+        if model is not None and isinstance(d.get(model), dict):
+            d = d[model]
         d = d.get("cost_model", d)
         return MaxAffineCostModel.from_json(json.dumps(d))
     except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a seallm cost profile ({e})") from None
+        raise ValueError(f"{path}: not a seallm cost profile{f' for {model!r}' if model else ''} ({e})") from None
+
+
+def _served_profiles(path: str | None) -> dict:
+    """Models with a refit cost model in a deployment's ``profiles_path`` (empty if none)."""
+    import os
+
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {m: path for m, v in d.items() if isinstance(v, dict) and v.get("cost_model")} if isinstance(d, dict) else {}
 
 
 def sim_config_from_args(args: argparse.Namespace):
@@ -84,10 +104,11 @@ def sim_config_from_args(args: argparse.Namespace):
     dep = dep.with_overrides(kv_cache_memory=args.kv_cache_memory, max_num_batched_tokens=args.max_num_batched_tokens,
                              max_num_seqs=args.max_num_seqs, preemption_mode=args.preemption_mode,
                              swap_space=args.swap_space)
-    profiles = dict(_parse_models(args.cost_profile or []))
-    unknown = sorted(set(profiles) - {m.name for m in dep.models})
+    given = dict(_parse_models(args.cost_profile or []))
+    unknown = sorted(set(given) - {m.name for m in dep.models})
     if unknown:
         raise ValueError(f"--cost-profile for model(s) {unknown} that the deployment does not serve")
+    profiles = _served_profiles(dep.profiles_path) | given
     configs = {m.name: load_model_config(m.path, m.dtype) for m in dep.models}
     if args.device == "cpu":
         device = measure_local_cpu()
@@ -97,7 +118,7 @@ def sim_config_from_args(args: argparse.Namespace):
         raise ValueError(f"unknown --device {args.device!r}; known: cpu, {', '.join(DEVICES)}")
     sims = []
     for name, cfg in configs.items():
-        cost = load_cost_profile(profiles[name]) if name in profiles else RooflineCostModel(model_shape(cfg), device)
+        cost = load_cost_profile(profiles[name], name) if name in profiles else RooflineCostModel(model_shape(cfg), device)
         sims.append(SimModel(name, cfg.kv_spec, cost))
     page = dep.page_size_bytes or default_page_size_bytes([c.kv_spec for c in configs.values()])
     if dep.kv_cache_memory is None:

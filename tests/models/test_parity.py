@@ -51,10 +51,11 @@ def test_preemption_by_recompute(checkpoints, references, arch):
 
     spec = load_model_config(checkpoints[arch]).kv_spec
     page = spec.bytes_per_token * 16
-    llm = LLM(models={arch: checkpoints[arch]}, kv_cache_memory=page * 10, page_size_bytes=page)
+    llm = LLM(models={arch: checkpoints[arch]}, kv_cache_memory=page * 10, page_size_bytes=page,
+              preemption_mode="recompute")
     outs = llm.generate(prompts, _greedy(), model=arch)
     assert [o.token_ids for o in outs] == ref[arch]
-    assert llm.scheduler.num_preemptions > 0
+    assert llm.scheduler.num_preemptions > 0 and llm.scheduler.num_swap_outs == 0
     assert sum(o.metrics.num_preemptions for o in outs) == llm.scheduler.num_preemptions
     llm.kv.check_integrity()
     assert llm.kv.pool.num_used == 0

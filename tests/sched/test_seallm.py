@@ -252,3 +252,72 @@ def test_profiles_survive_a_restart(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a seallm profile file"):
         fresh.load_profiles(str(tmp_path / "bad.json"))
+
+
+class _LinearTimeExecutor(FakeExecutor):
+    """Step time 1 ms + 0.1 ms per batch token + 1 us per context token."""
+
+    def execute(self, plan):
+        from seallm.core import StepResult
+
+        r = super().execute(plan)
+        return StepResult(r.model, r.samples, 1e-3 + 1e-4 * plan.num_tokens + 1e-6 * plan.num_context_tokens)
+
+
+def test_cost_model_is_refit_online_and_persisted(tmp_path):
+    import json
+
+    from seallm.cost import BatchShape
+    from seallm.simulate import load_cost_profile
+
+    policy = seallm(refit_every_steps=40)
+    kv = KVCacheManager(PagePool(256, PAGE))
+    kv.add_model("a", SPEC)
+    core = ReplicaCore(Scheduler(kv, policy, SchedulerConfig(32, 16)), _LinearTimeExecutor({"a": 4}), ManualClock())
+    arrivals = [req(f"r{i}", n_prompt=5 + 11 * (i % 7), max_tokens=3 + i % 9, t=0.05 * i) for i in range(60)]
+    drive(core, arrivals)
+    prof = policy.profile("a")
+    assert prof.cost_model is not None and prof.fit_report.r2 > 0.95
+    for n, c in ((1, 40), (32, 200), (8, 500)):
+        want = 1e-3 + 1e-4 * n + 1e-6 * c
+        assert prof.cost_model.step_time(BatchShape(n, c)) == pytest.approx(want, rel=0.1)
+    path = tmp_path / "profiles.json"
+    policy.save_profiles(str(path))
+    assert "cost_model" in json.loads(path.read_text())["a"]
+    fresh = SeaLLMPolicy()
+    fresh.load_profiles(str(path))
+    assert fresh.profile("a").cost_model == load_cost_profile(str(path), "a")
+
+
+def test_profiles_seeded_from_a_trace():
+    from seallm.bench.traces import load_azure_trace
+    from seallm.deploy import DeploymentConfig, ModelEntry
+
+    cfg = DeploymentConfig(models=(ModelEntry("a", "/unused"),), scheduling_policy="seallm",
+                           policy_options={"seeds": {"a": {"trace": "code", "length_scale": 0.5,
+                                                           "iteration_time_s": 0.03}}})
+    seed = cfg.policy_options["seeds"]["a"]
+    outs = load_azure_trace("code").output_lens[-512:]
+    assert seed["output_lengths"] == [max(1, round(int(n) * 0.5)) for n in outs]
+    policy = make_policy("seallm", cfg.policy_options)
+    assert policy.profile("a").iteration_time_s == 0.03
+    assert policy.profile("a").output_length(0.5) == sorted(seed["output_lengths"])[255]
+    with pytest.raises(ValueError):
+        DeploymentConfig(models=(ModelEntry("a", "/unused"),), scheduling_policy="seallm",
+                         policy_options={"seeds": {"a": {"trace": "no-such-trace"}}})
+
+
+def test_profiles_track_input_lengths_and_arrival_rate(tmp_path):
+    policy = seallm()
+    core = make(policy)
+    for i in range(11):
+        core.add_request(req(f"r{i}", n_prompt=4 + i, t=0.5 * i))
+    p = policy.profile("a")
+    assert p.arrival_rate() == pytest.approx(2.0)  # 10 gaps of 0.5 s
+    assert p.input_length(0.5) == 9.0
+    assert policy.profile("b").arrival_rate() is None
+    path = str(tmp_path / "p.json")
+    policy.save_profiles(path)
+    fresh = SeaLLMPolicy()
+    fresh.load_profiles(path)
+    assert fresh.profile("a").input_length(0.5) == 9.0

@@ -21,6 +21,17 @@ def test_completion_text_prompt(client):
     assert isinstance(r.choices[0].text, str)
 
 
+def test_completion_stream_sends_one_chunk_per_token(client):
+    # Random weights produce many byte tokens that do not complete a UTF-8 character: their
+    # chunks carry empty text but still arrive, one per token, as vLLM streams them.
+    for prompt in ([7, 8, 9], [300, 301], "Hi"):
+        kw = dict(model="qwen2", prompt=prompt, max_tokens=9, temperature=0, extra_body={"ignore_eos": True})
+        chunks = [c for c in client.completions.create(stream=True, **kw) if c.choices]
+        assert len(chunks) == 9
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert "".join(c.choices[0].text for c in chunks) == client.completions.create(**kw).choices[0].text
+
+
 def test_completion_batch_of_prompts_and_token_ids(client):
     r = client.completions.create(model="qwen2", prompt=["one", "two two", "three"], max_tokens=3,
                                   extra_body={"ignore_eos": True})

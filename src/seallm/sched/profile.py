@@ -2,13 +2,17 @@
 
 Reference: SeaLLM (arXiv 2504.15720) §3 "service characteristics"; the concrete form follows
 ``shared/reference/multi-model-sharing.md`` §2.2 (our design where the paper is silent):
-iteration time, prefill time per token, output-length distribution over a sliding window.
+iteration time, prefill time per token, input- and output-length distributions and the
+arrival rate over sliding windows, and the step-time model of the service's device (SLOs-Serve's max-affine fit, refit online
+from the iterations the engine runs).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+
+from seallm.cost import BatchShape, FitReport, MaxAffineCostModel, fit_max_affine
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class ServiceProfile:
         smoothing: weight of a new measurement in the exponential moving averages (0..1].
     """
 
+    #: Step samples kept for the online refit of the cost model (most recent).
+    SAMPLE_WINDOW = 2048
+
     def __init__(self, seed: ProfileSeed | None = None, window: int = 512, smoothing: float = 0.1) -> None:
         seed = seed or ProfileSeed()
         self.iteration_time_s = seed.iteration_time_s
@@ -44,17 +51,69 @@ class ServiceProfile:
         self._prefill_s = self._prefill_tokens * self.prefill_time_per_token_s
         self._lengths: deque[int] = deque(seed.output_lengths, maxlen=window)
         self._sorted: list[int] | None = None
+        self._input_lengths: deque[int] = deque(maxlen=window)
+        self._arrivals: deque[float] = deque(maxlen=window)
+        self._samples: deque[tuple[int, int, float]] = deque(maxlen=self.SAMPLE_WINDOW)
+        self.cost_model: MaxAffineCostModel | None = None
+        self.fit_report: FitReport | None = None
 
     def to_dict(self) -> dict:
-        """Plain data for persistence (see :meth:`from_dict`)."""
-        return {"iteration_time_s": self.iteration_time_s, "prefill_time_per_token_s": self.prefill_time_per_token_s,
-                "output_lengths": list(self._lengths)}
+        """Plain data for persistence (see :meth:`from_dict`); includes the fitted cost model
+        (``seallm simulate`` reads it) when there is one."""
+        d = {"iteration_time_s": self.iteration_time_s, "prefill_time_per_token_s": self.prefill_time_per_token_s,
+             "output_lengths": list(self._lengths), "input_lengths": list(self._input_lengths),
+             "arrival_rate": self.arrival_rate()}
+        if self.cost_model is not None:
+            d["cost_model"] = {"kind": "max_affine", "pieces": [list(p) for p in self.cost_model.pieces]}
+            if self.fit_report is not None:
+                d["fit"] = vars(self.fit_report)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, window: int = 512) -> "ServiceProfile":
         """Raises ``KeyError``/``TypeError``/``ValueError`` on malformed data."""
         lengths = tuple(int(x) for x in d["output_lengths"]) or (128,)
-        return cls(ProfileSeed(float(d["iteration_time_s"]), float(d["prefill_time_per_token_s"]), lengths), window)
+        p = cls(ProfileSeed(float(d["iteration_time_s"]), float(d["prefill_time_per_token_s"]), lengths), window)
+        p._input_lengths.extend(int(x) for x in d.get("input_lengths", ()))
+        if d.get("cost_model") is not None:
+            p.cost_model = MaxAffineCostModel(tuple(tuple(float(x) for x in q) for q in d["cost_model"]["pieces"]))
+        return p
+
+    def observe_arrival(self, prompt_tokens: int, now: float) -> None:
+        """Record a new request: its prompt length (tokens) and arrival time (s)."""
+        self._input_lengths.append(prompt_tokens)
+        self._arrivals.append(now)
+
+    def input_length(self, quantile: float) -> float | None:
+        """The ``quantile`` (0..1) of recent prompt lengths, tokens; None before any arrival."""
+        if not self._input_lengths:
+            return None
+        s = sorted(self._input_lengths)
+        return float(s[min(len(s) - 1, max(0, int(quantile * len(s) + 0.5) - 1))])
+
+    def arrival_rate(self) -> float | None:
+        """Requests per second over the recent arrivals; None with fewer than two."""
+        if len(self._arrivals) < 2 or self._arrivals[-1] <= self._arrivals[0]:
+            return None
+        return (len(self._arrivals) - 1) / (self._arrivals[-1] - self._arrivals[0])
+
+    def observe_batch(self, batch: BatchShape, step_time_s: float) -> None:
+        """Keep one iteration's shape and time (s) for :meth:`refit`."""
+        self._samples.append((batch.num_tokens, batch.num_context_tokens, step_time_s))
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._samples)
+
+    def refit(self, min_samples: int = 32) -> FitReport | None:
+        """Refit the max-affine step-time model on the recent iterations (SLOs-Serve §1.3 form,
+        :func:`seallm.cost.fit_max_affine`); returns the held-out fit report, or None (model
+        unchanged) with fewer than ``min_samples`` samples or no spread in batch tokens."""
+        if len(self._samples) < min_samples or len({n for n, _, _ in self._samples}) < 3:
+            return None
+        data = [(BatchShape(n, c), t) for n, c, t in self._samples]
+        self.cost_model, self.fit_report = fit_max_affine(data)
+        return self.fit_report
 
     def observe_step(self, step_time_s: float, prefill_tokens: int, decode_tokens: int) -> None:
         """Refresh the time model from one iteration of this service (times in s)."""

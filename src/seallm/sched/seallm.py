@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from seallm.cost import BatchShape
 from seallm.sched.policy import SchedulingPolicy
 from seallm.sched.profile import ProfileSeed, ServiceProfile
 
@@ -64,6 +65,8 @@ class SeaLLMConfig:
         accounting: how attained service grows: ``"work"`` (the request's own prefill
             tokens and decode iterations, priced by its service profile) or ``"iteration"``
             (the wall time of every iteration it took part in).
+        refit_every_steps: refit each service's max-affine step-time model on its recent
+            iterations every this many of its iterations (None: only when profiles are saved).
         seeds: per-model starting profiles.
     """
 
@@ -76,6 +79,7 @@ class SeaLLMConfig:
     use_request_priority: bool = True
     accounting: str = "work"
     demotion_order: str = "budget"
+    refit_every_steps: int | None = 5000
     seeds: dict[str, ProfileSeed] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +89,8 @@ class SeaLLMConfig:
             raise ValueError("aging_interval_s must be positive or None")
         if self.agnostic_budget_s <= 0:
             raise ValueError("agnostic_budget_s must be positive")
+        if self.refit_every_steps is not None and self.refit_every_steps < 1:
+            raise ValueError("refit_every_steps must be >= 1 or None")
         if self.demotion_order not in ("budget", "level"):
             raise ValueError(f"demotion_order must be 'budget' or 'level', got {self.demotion_order!r}")
         if self.accounting not in ("work", "iteration"):
@@ -111,6 +117,7 @@ class SeaLLMPolicy(SchedulingPolicy):
         self.profiles: dict[str, ServiceProfile] = {}
         self._state: dict[str, _DBState] = {}
         self._last_run: dict[str, int] = {}
+        self._since_refit: dict[str, int] = {}
         self._steps = 0
 
     def profile(self, model: str) -> ServiceProfile:
@@ -120,10 +127,14 @@ class SeaLLMPolicy(SchedulingPolicy):
         return p
 
     def save_profiles(self, path: str) -> None:
-        """Write every service profile to ``path`` (JSON) so a restart does not start blind."""
+        """Write every service profile to ``path`` (JSON) so a restart does not start blind;
+        each service's step-time model is refit on its recent iterations first (``seallm
+        simulate`` reads it from this file)."""
         import json
         import os
 
+        for p in self.profiles.values():
+            p.refit()
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({m: p.to_dict() for m, p in self.profiles.items()}, f)
@@ -151,6 +162,8 @@ class SeaLLMPolicy(SchedulingPolicy):
 
     def on_arrival(self, request: "Request", now: float) -> None:
         c = self.config
+        if request.request_id not in self._state:
+            self.profile(request.model).observe_arrival(request.num_prompt_tokens, request.arrival_time)
         if c.service_aware:
             budget = self.profile(request.model).estimate(request.num_prompt_tokens, c.output_quantile)
         else:
@@ -192,6 +205,13 @@ class SeaLLMPolicy(SchedulingPolicy):
         decode = sum(1 for s in plan.seqs if s.is_decode)
         prof = self.profile(plan.model)
         prof.observe_step(result.step_time, prefill, decode)
+        prof.observe_batch(BatchShape.of(plan), result.step_time)
+        every = self.config.refit_every_steps
+        if every is not None and prof.num_samples >= 32:
+            self._since_refit[plan.model] = n = self._since_refit.get(plan.model, 0) + 1
+            if n >= every:
+                self._since_refit[plan.model] = 0
+                prof.refit()
         by_work = self.config.accounting == "work"
         ran = set()
         for s in plan.seqs:

@@ -18,11 +18,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
     p.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
     p.add_argument("--kv-cache-memory", default=None, help="KV pool size, e.g. 2GiB (default 1GiB)")
-    p.add_argument("--scheduling-policy", default=None, help="fcfs (default) or seallm")
+    p.add_argument("--scheduling-policy", default=None, help="seallm (default) or fcfs")
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="per-iteration token budget (512)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="most sequences per iteration (128)")
     p.add_argument("--preemption-mode", default=None, choices=("recompute", "swap"),
-                   help="what a preempted request loses: recompute (default) or swap (KV to host memory)")
+                   help="what a preempted request loses: swap (default: KV to host memory and back) or recompute")
     p.add_argument("--swap-space", default=None, help="host memory for swapped KV pages (default 4GiB)")
     p.add_argument("--max-tokens-limit", type=int, default=None, help="most output tokens per request")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1")

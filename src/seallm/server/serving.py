@@ -364,7 +364,10 @@ class OpenAIServing:
                     yield f"data: {json.dumps(error_body(s.error, 400))}\n\n"
                     continue
                 done = s.finish_reason is not None
-                if not text and not done:
+                # Completions stream one chunk per new token even when its text is still empty
+                # (an incomplete UTF-8 sequence, a possible stop string), as vLLM does, so clients
+                # time every token; chat skips empty deltas.
+                if not text and not done and (chat or not d.token_ids):
                     continue
                 lps = s.logprobs[n_before:] if s.params.logprobs is not None else None
                 if chat:
