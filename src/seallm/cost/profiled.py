@@ -62,8 +62,9 @@ def _predict(params: np.ndarray, x: np.ndarray, pieces: int) -> np.ndarray:
 
 
 def fit_max_affine(samples: list[tuple[BatchShape, float]], pieces: int = 2, test_fraction: float = 0.25,
-                   seed: int = 0) -> tuple[MaxAffineCostModel, FitReport]:
-    """Fit a max of ``pieces`` affine functions to measured ``(batch, seconds)`` samples.
+                   seed: int = 0, starts: int = 8) -> tuple[MaxAffineCostModel, FitReport]:
+    """Fit a max of ``pieces`` affine functions to measured ``(batch, seconds)`` samples,
+    from ``starts`` random initial points (the objective is not convex).
 
     Samples are split at random into train and held-out test sets; the report is on the test
     set (on the train set when there are fewer than 8 samples).
@@ -86,7 +87,7 @@ def fit_max_affine(samples: list[tuple[BatchShape, float]], pieces: int = 2, tes
     xn = x[train] / xs
     ys = max(y[train].max(), 1e-12)
     best = None
-    for trial in range(8):  # several starts: the objective is not convex
+    for trial in range(max(1, starts)):
         init = np.abs(rng.normal(0.5, 0.3, size=3 * pieces))
         res = minimize(lambda p: np.mean((_predict(p, xn, pieces) - y[train] / ys) ** 2), init, method="L-BFGS-B",
                        bounds=[(0.0, None)] * (3 * pieces))

@@ -105,14 +105,17 @@ class ServiceProfile:
     def num_samples(self) -> int:
         return len(self._samples)
 
-    def refit(self, min_samples: int = 32) -> FitReport | None:
-        """Refit the max-affine step-time model on the recent iterations (SLOs-Serve §1.3 form,
-        :func:`seallm.cost.fit_max_affine`); returns the held-out fit report, or None (model
-        unchanged) with fewer than ``min_samples`` samples or no spread in batch tokens."""
-        if len(self._samples) < min_samples or len({n for n, _, _ in self._samples}) < 3:
+    def refit(self, min_samples: int = 32, max_samples: int = 512, starts: int = 3) -> FitReport | None:
+        """Refit the max-affine step-time model on the most recent ``max_samples`` iterations
+        (SLOs-Serve §1.3 form, :func:`seallm.cost.fit_max_affine` with ``starts`` starting
+        points; about 15 ms here, so it can run inside the engine loop); returns the held-out
+        fit report, or None (model unchanged) with fewer than ``min_samples`` samples or no
+        spread in batch tokens."""
+        recent = list(self._samples)[-max_samples:]
+        if len(recent) < min_samples or len({n for n, _, _ in recent}) < 3:
             return None
-        data = [(BatchShape(n, c), t) for n, c, t in self._samples]
-        self.cost_model, self.fit_report = fit_max_affine(data)
+        data = [(BatchShape(n, c), t) for n, c, t in recent]
+        self.cost_model, self.fit_report = fit_max_affine(data, starts=starts)
         return self.fit_report
 
     def observe_step(self, step_time_s: float, prefill_tokens: int, decode_tokens: int) -> None:

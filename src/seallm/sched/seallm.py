@@ -79,7 +79,7 @@ class SeaLLMConfig:
     use_request_priority: bool = True
     accounting: str = "work"
     demotion_order: str = "budget"
-    refit_every_steps: int | None = 5000
+    refit_every_steps: int | None = 2000
     seeds: dict[str, ProfileSeed] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +118,8 @@ class SeaLLMPolicy(SchedulingPolicy):
         self._state: dict[str, _DBState] = {}
         self._last_run: dict[str, int] = {}
         self._since_refit: dict[str, int] = {}
+        if self.config.refit_every_steps is not None:
+            import scipy.optimize  # noqa: F401  (imported now, not in the middle of serving)
         self._steps = 0
 
     def profile(self, model: str) -> ServiceProfile:
