@@ -38,6 +38,7 @@ CONFIGS = {
     "seallm-no-preemption": ("seallm", {"preemption": False}, "swap"),
     "seallm-level-order": ("seallm", {"demotion_order": "level"}, "swap"),
     "seallm-iteration-accounting": ("seallm", {"accounting": "iteration"}, "swap"),
+    "seallm-no-aging": ("seallm", {"aging_interval_s": None, "aging_factor": None}, "swap"),
 }
 SWEEPS = ["fcfs", "fcfs-swap", "seallm"]
 

@@ -106,11 +106,12 @@ def test_fixed_budget_ablation_demotes_linearly():
     assert policy.state("r").level == math.floor(99 * STEP / b0 + 1e-9)
 
 
-def test_no_starvation_under_sustained_overload():
+@pytest.mark.parametrize("kw", [dict(aging_interval_s=0.2, aging_factor=None),
+                                dict(aging_interval_s=None, aging_factor=2.0)])
+def test_no_starvation_under_sustained_overload(kw):
     # One seat, a new short request every step: a long request must still finish, within the
-    # aging bound (its level drops by one per aging interval it waits).
-    aging = 0.2
-    core = make(seallm(aging_interval_s=aging), max_seqs=1)
+    # aging bound (one boost per aging interval, or per aging_factor x its budget, waited).
+    core = make(seallm(**kw), max_seqs=1)
     arrivals = [req("long", max_tokens=60, t=0.0)]
     arrivals += [req(f"s{i}", max_tokens=3, t=0.05 + i * STEP * 3) for i in range(400)]
     order, reqs = drive(core, arrivals)
@@ -124,7 +125,7 @@ def test_no_starvation_under_sustained_overload():
 
 
 def test_without_aging_the_long_request_waits_for_the_overload_to_end():
-    core = make(seallm(aging_interval_s=None), max_seqs=1)
+    core = make(seallm(aging_interval_s=None, aging_factor=None), max_seqs=1)
     arrivals = [req("long", max_tokens=60, t=0.0)]
     arrivals += [req(f"s{i}", max_tokens=3, t=0.05 + i * STEP * 3) for i in range(400)]
     order, reqs = drive(core, arrivals)

@@ -22,8 +22,10 @@ paper's listing is not available:
    charges the whole iteration's time instead, which over-charges a request that shares a
    long prefill iteration. When attained >= B it is demoted one level and its budget
    doubles (fixed-budget ablation: stays B).
-4. Aging (MLFQ priority boost): every ``aging_interval_s`` a request spends without running
-   adds one boost. No request starves: a request that waits one interval is ahead of every
+4. Aging (MLFQ priority boost): a stretch of ``aging_interval_s`` a request spends without
+   running adds one boost, and so does, sooner, a stretch of ``aging_factor`` x its current
+   budget (a wait long relative to its own size, the slowdown an SLO scale measures). No
+   request starves: a request that waits one interval is ahead of every
    unboosted request (in level order: after (level + 1) intervals, ahead of every new
    request), and then runs until its remaining budget is spent or others waited longer;
    each further wait is bounded the same way.
@@ -57,8 +59,10 @@ class SeaLLMConfig:
         doubling: double the budget at each demotion (False: fixed budget, plain MLFQ).
         preemption: let higher-priority work displace running requests (False: run-to-completion
             order once admitted, like FCFS).
-        aging_interval_s: seconds of waiting that promote a request by one level (None: no aging;
+        aging_interval_s: seconds of waiting that boost a request once (None: no aging by time;
             requests of the device's other models wait too, so the interval is in wall time).
+        aging_factor: a wait of this many times the request's current budget also boosts it
+            (None: off). Bounds slowdown, not only absolute waiting.
         use_request_priority: order first by the API's ``priority`` (lower first), then by DB.
         demotion_order: ``"budget"`` (a demoted request keeps competing by its remaining
             doubled budget) or ``"level"`` (strict MLFQ: any lower level runs first).
@@ -76,6 +80,7 @@ class SeaLLMConfig:
     doubling: bool = True
     preemption: bool = True
     aging_interval_s: float | None = 30.0
+    aging_factor: float | None = 10.0
     use_request_priority: bool = True
     accounting: str = "work"
     demotion_order: str = "budget"
@@ -87,6 +92,8 @@ class SeaLLMConfig:
             raise ValueError(f"output_quantile must be in [0, 1], got {self.output_quantile}")
         if self.aging_interval_s is not None and self.aging_interval_s <= 0:
             raise ValueError("aging_interval_s must be positive or None")
+        if self.aging_factor is not None and self.aging_factor <= 0:
+            raise ValueError("aging_factor must be positive or None")
         if self.agnostic_budget_s <= 0:
             raise ValueError("agnostic_budget_s must be positive")
         if self.refit_every_steps is not None and self.refit_every_steps < 1:
@@ -233,10 +240,12 @@ class SeaLLMPolicy(SchedulingPolicy):
                 st.attained_s -= st.budget_s
                 if self.config.doubling:
                     st.budget_s *= 2
-        interval = self.config.aging_interval_s
-        if interval is not None:
+        interval, factor = self.config.aging_interval_s, self.config.aging_factor
+        if interval is not None or factor is not None:
             for rid, st in self._state.items():
-                if rid not in ran and now - st.last_ran >= interval:
+                limit = min(interval if interval is not None else float("inf"),
+                            factor * st.budget_s if factor is not None else float("inf"))
+                if rid not in ran and now - st.last_ran >= limit:
                     st.boost += 1
                     st.last_ran = now
 
