@@ -39,3 +39,12 @@ def test_no_module_level_heavy_imports():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mod = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
                 assert (mod or "").split(".")[0] not in ("transformers", "matplotlib"), path.name
+
+
+def test_scheduler_simulator_and_cost_layers_are_torch_free():
+    code = (
+        "import sys\n"
+        "import seallm.core, seallm.kv, seallm.cost, seallm.sched, seallm.engine.core, seallm.sim, seallm.sim.runner\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -115,9 +115,12 @@ class StepResult:
     Attributes:
         model: the model that ran.
         samples: request id -> sampled token, for every chunk with ``sample=True``.
-        step_time: seconds the iteration took (measured or, in the simulator, predicted).
+        step_time: seconds the iteration's forward pass took (measured or, in the simulator,
+            predicted); what profiles and cost models learn from.
+        swap_time: seconds spent on the plan's page copies (swap preemption), apart.
     """
 
     model: str
     samples: dict[str, SampleOutput] = field(default_factory=dict)
     step_time: float = 0.0
+    swap_time: float = 0.0

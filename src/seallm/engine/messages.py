@@ -78,6 +78,7 @@ class ModelStats(msgspec.Struct, array_like=True):
     kv_pages_used: int
     swapped: int = 0  # waiting requests whose KV is in host memory
     preemptions: int = 0  # since start (recompute and swap)
+    swap_outs: int = 0  # since start
 
 
 class EngineOutputs(msgspec.Struct, tag="outputs", array_like=True):

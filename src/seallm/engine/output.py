@@ -16,7 +16,7 @@ class RequestMetrics:
         first_scheduled_time: it first joined a batch.
         first_token_time: its first output token was sampled.
         finish_time: it finished.
-        num_preemptions: times it lost its KV pages and was recomputed.
+        num_preemptions: times it lost its KV pages (recomputed or swapped to host memory).
     """
 
     arrival_time: float

@@ -204,6 +204,7 @@ class KVCacheManager:
         )
         for m in set(per_model) | set(self._pages_by_model):
             assert per_model[m] == self._pages_by_model[m], f"page count of model {m} is off"
+        assert set(self._model_of) == set(self._tables) | set(self._host_tables), "stale request models"
         if self.host_pool is None:
             assert not self._host_tables, "host tables without a host pool"
             return
@@ -217,4 +218,3 @@ class KVCacheManager:
                 assert self.host_pool.owner(p) == rid, f"host page {p} of {rid} owned by {self.host_pool.owner(p)!r}"
                 host_seen.add(p)
         assert len(host_seen) == self.host_pool.num_used, "host pages leaked"
-        assert set(self._model_of) == set(self._tables) | set(self._host_tables), "stale request models"

@@ -43,6 +43,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_swap_outs = 0
         self.preemptions_by_model: dict[str, int] = {m: 0 for m in kv.models}
+        self.swap_outs_by_model: dict[str, int] = {m: 0 for m in kv.models}
 
     # ---- requests ------------------------------------------------------------------------
     def add_model(self, model: str) -> None:
@@ -170,11 +171,12 @@ class Scheduler:
             return True
         return self.kv.allocate(r.request_id, r.model, num_tokens)
 
-    def _room_victims(self, r: Request, num_tokens: int, now: float) -> list[Request] | None:
+    def _room_victims(self, r: Request, num_tokens: int, spared: set[str], now: float) -> list[Request] | None:
         """Lower-priority running requests (lowest first, any model) whose swap-out would let
         waiting ``r`` hold ``num_tokens`` tokens, or None when that is impossible (then
         nobody is evicted). Swap mode only: evicting by recompute to admit a new request
-        thrashes. Requests with nothing computed yet (admitted in this pass) are spared."""
+        thrashes. Requests in ``spared`` (admitted in this pass) and requests with nothing
+        computed are never victims."""
         if self.config.preemption_mode != "swap" or self.kv.host_pool is None:
             return None
         key = self.policy.priority_key
@@ -182,7 +184,8 @@ class Scheduler:
         need = max(self.kv.pages_needed(r.model, num_tokens), self.kv.num_host_pages_of(r.request_id))
         short = need - self.kv.num_pages_of(r.request_id) - self.kv.pool.num_free
         victims, gain, host_free = [], 0, self.kv.host_pool.num_free
-        cands = sorted((v for q in self.running.values() for v in q if v.num_computed_tokens > 0),
+        cands = sorted((v for q in self.running.values() for v in q
+                        if v.num_computed_tokens > 0 and v.request_id not in spared),
                        key=lambda v: key(v, now), reverse=True)
         for v in cands:
             if gain >= short:
@@ -216,7 +219,7 @@ class Scheduler:
         request yields its seat and keeps its pages). Among them, decode tokens go first (one
         token each: they keep the batch full at little cost), then prefill chunks in priority
         order. A running request short of KV pages takes them from lower-priority running
-        requests of the device (recompute); a waiting request is admitted only into free pages
+        requests of the device (swap or recompute); a waiting request is admitted only into free pages
         and, when it cannot get them, stops admission; in swap mode it may first swap out
         lower-priority running requests, even ones already placed in this batch
         (:meth:`_room_victims`).
@@ -245,7 +248,7 @@ class Scheduler:
                 need = r.num_computed_tokens + n
                 ok = self._take_pages(r, need)
                 if not ok:
-                    victims = self._room_victims(r, need, now)
+                    victims = self._room_victims(r, need, {a.request_id for a in admitted}, now)
                     for v in victims or ():
                         if v.request_id in scheduled:  # give back its place in this batch
                             i = next(i for i, c in enumerate(seqs) if c.request_id == v.request_id)
@@ -263,8 +266,9 @@ class Scheduler:
                     continue
                 break
             while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
-                # Only a running request that must grow evicts others: admitting a new request
-                # by evicting one whose whole context must then be recomputed thrashes.
+                # A running request that must grow may evict others by swap or recompute (a
+                # waiting one only by swap, above: recomputing a victim's whole context to
+                # admit a new request thrashes).
                 victim = self._pick_victim(scheduled | {r.request_id}, now)
                 if victim is None or key(victim, now) <= rk:
                     break
@@ -310,6 +314,7 @@ class Scheduler:
             self._swaps.append(PageCopy(True, tuple(pairs)))
             r.status = RequestStatus.SWAPPED
             self.num_swap_outs += 1
+            self.swap_outs_by_model[r.model] = self.swap_outs_by_model.get(r.model, 0) + 1
         else:
             self.kv.free(r.request_id)
             r.num_computed_tokens = 0
@@ -363,13 +368,17 @@ class Scheduler:
         return out
 
     def check_integrity(self) -> None:
-        """Queues and KV agree: running requests hold pages for their computed tokens,
-        waiting ones hold none, every page is owned once.
+        """Queues and KV agree: every request is in exactly one queue once; running requests
+        hold device pages for their computed tokens; waiting ones hold no device pages
+        (swapped ones hold host pages for theirs); every page is owned once.
 
         Raises:
             AssertionError: on the first inconsistency.
         """
         self.kv.check_integrity()
+        queued = [r.request_id for q in (*self.running.values(), *self.waiting.values()) for r in q]
+        assert len(queued) == len(set(queued)), "a request is queued twice"
+        assert set(queued) == set(self.requests), "requests and queues disagree"
         for m, q in self.running.items():
             for r in q:
                 assert r.status is RequestStatus.RUNNING, f"{r.request_id} in running with {r.status}"

@@ -7,14 +7,16 @@ paper's listing is not available:
 1. Each request gets an estimated execution time Ê from its service profile (prefill of its
    prompt + an output-length statistic x the iteration time) and an initial budget B = Ê
    (service-agnostic ablation: the same budget for every service).
-2. Priority key (smaller runs first), compared across all models of the device. With
-   ``demotion_order="budget"`` (default): ``(API priority, -boosts, B - attained, arrival)``:
-   a demoted request competes by its remaining (doubled) budget, so a short service's
-   demoted request still outranks a long service's fresh one ("priority gradually
-   decreased"). With ``demotion_order="level"`` (strict MLFQ): ``(API priority, level -
-   boosts, B - attained, arrival)``. The next iteration runs the model whose most urgent
-   request has the best class (API priority, -boosts, level); models tied on that take
-   turns.
+2. Priority key (smaller runs first). With ``demotion_order="budget"`` (default):
+   ``(API priority, -boosts, B - attained, arrival)``: a demoted request competes by its
+   remaining (doubled) budget ("priority gradually decreased"), so for seats, batch order,
+   KV pages and preemption victims, which are decided across all models of the device, a
+   short service's demoted request still outranks a long service's fresh one. With
+   ``demotion_order="level"`` (strict MLFQ): ``(API priority, level - boosts, B - attained,
+   arrival)``. Which model runs the next iteration follows its most urgent request's class
+   ``(API priority, -boosts, level)``: a model with undemoted work goes before one whose
+   requests were all demoted; models tied on the class take turns (ranking models by the
+   full key starves the other models' decode batches).
 3. After each iteration in which a request ran, its attained service grows by the work done
    for it, in the units of Ê: its prefill tokens x the profile's prefill time per token, or
    one iteration time for a decode token (``accounting="work"``, the default; the
@@ -23,16 +25,18 @@ paper's listing is not available:
    long prefill iteration. When attained >= B it is demoted one level and its budget
    doubles (fixed-budget ablation: stays B).
 4. Aging (MLFQ priority boost): a stretch of ``aging_interval_s`` a request spends without
-   running adds one boost, and so does, sooner, a stretch of ``aging_factor`` x its current
-   budget (a wait long relative to its own size, the slowdown an SLO scale measures). No
-   request starves: a request that waits one interval is ahead of every
-   unboosted request (in level order: after (level + 1) intervals, ahead of every new
-   request), and then runs until its remaining budget is spent or others waited longer;
-   each further wait is bounded the same way.
+   running adds one boost (optionally also a stretch of ``aging_factor`` x its current
+   budget). A demotion takes one boost back (in level order the level rises instead), so a
+   boosted request keeps its lead for one budget of work. No request starves: a request
+   that waits one interval is ahead of every unboosted request (in level order: after
+   (level + 1) intervals, ahead of every new request), and then runs until its budget at
+   that level is spent or others waited longer; each further wait is bounded the same way.
 5. Preemption at iteration boundaries: the ``max_num_seqs`` most urgent requests get the
    seats (others keep their KV pages and wait); decode tokens go first, then prefill chunks
    in priority order; under memory pressure the lowest-priority running request of the
-   device loses its pages (recompute).
+   device loses its pages (swapped to host memory or recomputed, per the scheduler's
+   ``preemption_mode``); with swap, an urgent waiting request may also swap lower-priority
+   running requests out to get in.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class SeaLLMConfig:
             (the wall time of every iteration it took part in).
         refit_every_steps: refit each service's max-affine step-time model on its recent
             iterations every this many of its iterations (None: only when profiles are saved).
+            The fit (~15 ms) is what ``profiles_path`` persists for ``seallm simulate``.
         seeds: per-model starting profiles.
     """
 
@@ -80,7 +85,7 @@ class SeaLLMConfig:
     doubling: bool = True
     preemption: bool = True
     aging_interval_s: float | None = 30.0
-    aging_factor: float | None = 10.0
+    aging_factor: float | None = None
     use_request_priority: bool = True
     accounting: str = "work"
     demotion_order: str = "budget"
@@ -222,6 +227,7 @@ class SeaLLMPolicy(SchedulingPolicy):
                 self._since_refit[plan.model] = 0
                 prof.refit()
         by_work = self.config.accounting == "work"
+        budget_order = self.config.demotion_order == "budget"
         ran = set()
         for s in plan.seqs:
             st = self._state.get(s.request_id)
@@ -237,6 +243,8 @@ class SeaLLMPolicy(SchedulingPolicy):
             st.last_ran = now
             while st.attained_s >= st.budget_s:
                 st.level += 1
+                if budget_order and st.boost > 0:
+                    st.boost -= 1
                 st.attained_s -= st.budget_s
                 if self.config.doubling:
                     st.budget_s *= 2

@@ -156,5 +156,6 @@ class _EngineLoop:
     def _stats(self) -> dict[str, ModelStats]:
         used = self.kv.pages_used_by_model()
         return {m: ModelStats(self.sched.num_running(m), self.sched.num_waiting(m), used.get(m, 0),
-                              self.sched.num_swapped(m), self.sched.preemptions_by_model.get(m, 0))
+                              self.sched.num_swapped(m), self.sched.preemptions_by_model.get(m, 0),
+                              self.sched.swap_outs_by_model.get(m, 0))
                 for m in self.configs}

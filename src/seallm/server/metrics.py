@@ -35,7 +35,9 @@ class ServerMetrics:
                              registry=r)
         self.preemptions = Counter("seallm:num_preemptions", "Requests that lost their KV pages (recompute or swap)",
                                    lab, registry=r)
-        self._preemptions_seen: dict[str, int] = {}
+        self.swap_outs = Counter("seallm:num_swap_outs", "Preemptions that swapped KV pages to host memory", lab,
+                                 registry=r)
+        self._seen: dict[tuple[str, str], int] = {}
         self.kv_total = Gauge("seallm:kv_cache_pages_total", "Pages of the unified KV pool", registry=r)
         self.kv_total.set(num_pages)
         Info("seallm:scheduler", "Scheduling policy of the device", registry=r).info(
@@ -44,6 +46,7 @@ class ServerMetrics:
             for g in (self.running, self.waiting, self.kv_pages, self.swapped):
                 g.labels(m).set(0)
             self.preemptions.labels(m)
+            self.swap_outs.labels(m)
 
     def observe_finished(self, model: str, arrival: float, first_token: float | None, finish: float,
                          prompt_tokens: int, output_tokens: int, finish_reason: str,
@@ -66,10 +69,13 @@ class ServerMetrics:
             self.waiting.labels(m).set(s.waiting)
             self.kv_pages.labels(m).set(s.kv_pages_used)
             self.swapped.labels(m).set(s.swapped)
-            new = s.preemptions - self._preemptions_seen.get(m, 0)
-            if new > 0:
-                self.preemptions.labels(m).inc(new)
-                self._preemptions_seen[m] = s.preemptions
+            # The engine sends running totals; the counters advance by what is new.
+            for name, counter, total in (("preemptions", self.preemptions, s.preemptions),
+                                         ("swap_outs", self.swap_outs, s.swap_outs)):
+                new = total - self._seen.get((name, m), 0)
+                if new > 0:
+                    counter.labels(m).inc(new)
+                    self._seen[(name, m)] = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

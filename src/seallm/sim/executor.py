@@ -38,9 +38,9 @@ class CostModelExecutor:
 
     def execute(self, plan: StepPlan) -> StepResult:
         t = float(self.cost_models[plan.model].step_time(BatchShape.of(plan)))
-        t += sum(len(c.pages) for c in plan.swaps) * self.page_size_bytes / self.swap_bandwidth
         t = max(t, 1e-9)
-        self.clock.advance(t)
-        self.busy_s += t
+        swap = sum(len(c.pages) for c in plan.swaps) * self.page_size_bytes / self.swap_bandwidth
+        self.clock.advance(t + swap)
+        self.busy_s += t + swap
         samples = {s.request_id: SampleOutput(self.token_id) for s in plan.seqs if s.sample}
-        return StepResult(plan.model, samples, t)
+        return StepResult(plan.model, samples, t, swap)

@@ -60,11 +60,15 @@ class ModelExecutor:
                 self.pages.index_copy_(0, dst.to(self.device), self.host_pages.index_select(0, src).to(self.device))
 
     def execute(self, plan: StepPlan) -> StepResult:
-        """Run one iteration of ``plan.model``; returns the sampled tokens and the step time (s)."""
+        """Perform the plan's page copies, in order, then run one iteration of ``plan.model``;
+        returns the sampled tokens, the forward time and the copy time (s)."""
+        swap_time = 0.0
+        if plan.swaps:
+            t0 = time.perf_counter()
+            self.copy_pages(plan.swaps)
+            swap_time = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.sampler.forget(plan.finished_ids)
-        if plan.swaps:
-            self.copy_pages(plan.swaps)
         model = self.models[plan.model]
         decodes = [s for s in plan.seqs if s.is_decode]
         prefills = [s for s in plan.seqs if not s.is_decode]
@@ -96,7 +100,7 @@ class ModelExecutor:
         if sampled:
             outs = self.sampler.sample(logits.cpu(), [s.request_id for s in sampled], [s.params for s in sampled])
             samples = {s.request_id: o for s, o in zip(sampled, outs)}
-        return StepResult(plan.model, samples, time.perf_counter() - t0)
+        return StepResult(plan.model, samples, time.perf_counter() - t0, swap_time)
 
 
 def _to_device(meta, dev: torch.device):
