@@ -57,7 +57,9 @@ def run_seallm(path: str, prompts: list[list[int]], out_len: int, budget: int) -
     assert all(len(o.token_ids) == out_len for o in outs)
     ttft = sorted(o.metrics.ttft for o in outs)
     return dict(seconds=dt, output_tokens=n_out, output_tokens_per_s=n_out / dt, steps=llm.core.num_steps,
-                max_num_batched_tokens=budget, ttft_p50_s=ttft[len(ttft) // 2])
+                max_num_batched_tokens=budget, ttft_p50_s=ttft[len(ttft) // 2],
+                scheduling_policy=llm.scheduler.policy.name,
+                preemption_mode=llm.scheduler.config.preemption_mode)
 
 
 def _in_subprocess(system: str, args: argparse.Namespace, env: dict | None = None) -> dict:
