@@ -98,6 +98,23 @@ class DeploymentConfig:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+def deployment_from(models: dict[str, str], config_path: str | None) -> "DeploymentConfig | None":
+    """The deployment of a command line: the YAML file (its models replaced by ``models`` if
+    any are given), else ``models`` with default settings; None when neither is given.
+
+    Raises:
+        ValueError: an invalid deployment file.
+    """
+    if config_path:
+        cfg = load_deployment(config_path)
+        if models:
+            cfg = cfg.with_overrides(models=tuple(ModelEntry(n, p) for n, p in models.items()))
+        return cfg
+    if models:
+        return DeploymentConfig(models=tuple(ModelEntry(n, p) for n, p in models.items()))
+    return None
+
+
 def resolve_trace_seeds(options: dict, window: int = 512) -> dict:
     """Replace ``seeds: {MODEL: {trace: NAME, length_scale: X}}`` in ``seallm`` policy options
     by the output lengths of the trace's last ``window`` requests (scaled by X, default 1), so

@@ -84,7 +84,7 @@ def sim_config_from_args(args: argparse.Namespace):
     """(deployment, list of SimConfig, one per policy) from the command line. Raises ``ValueError``."""
     from seallm.cli import _parse_models
     from seallm.cost import DEVICES, RooflineCostModel, measure_local_cpu
-    from seallm.deploy import DeploymentConfig, ModelEntry, load_deployment
+    from seallm.deploy import deployment_from
     from seallm.kv import default_page_size_bytes, parse_bytes
     from seallm.models.config import load_model_config
     from seallm.profiling import model_shape
@@ -92,14 +92,8 @@ def sim_config_from_args(args: argparse.Namespace):
     from seallm.sim import SimModel
     from seallm.sim.runner import SimConfig
 
-    models = _parse_models(args.model or [])
-    if args.config:
-        dep = load_deployment(args.config)
-        if models:
-            dep = dep.with_overrides(models=tuple(ModelEntry(n, p) for n, p in models.items()))
-    elif models:
-        dep = DeploymentConfig(models=tuple(ModelEntry(n, p) for n, p in models.items()))
-    else:
+    dep = deployment_from(_parse_models(args.model or []), args.config)
+    if dep is None:
         raise ValueError("give --model NAME=PATH (repeatable) or --config FILE")
     dep = dep.with_overrides(kv_cache_memory=args.kv_cache_memory, max_num_batched_tokens=args.max_num_batched_tokens,
                              max_num_seqs=args.max_num_seqs, preemption_mode=args.preemption_mode,

@@ -76,15 +76,21 @@ def test_fcfs_admits_in_arrival_order_without_overtaking():
     assert first_step["first"] < first_step["big"] <= first_step["small"]
 
 
-def test_preemption_recomputes_and_loses_no_token():
-    ref_core, _ = make_core(num_pages=200)
-    small_core, _ = make_core(num_pages=9)  # 36 tokens of "a": three 12-token requests cannot all grow
+def _same_output_as_a_big_pool(ref_core, small_core):
+    """Three growing requests on both cores; the small core's outputs must equal the big one's."""
     for core in (ref_core, small_core):
         for i in range(3):
             core.add_request(req(f"r{i}", n_prompt=8, max_tokens=12, t=float(i)))
     ref = {k: v.output_token_ids for k, v in run(ref_core).items()}
     got = run(small_core)
     assert {k: v.output_token_ids for k, v in got.items()} == ref
+    return got
+
+
+def test_preemption_recomputes_and_loses_no_token():
+    ref_core, _ = make_core(num_pages=200)
+    small_core, _ = make_core(num_pages=9)  # 36 tokens of "a": three 12-token requests cannot all grow
+    got = _same_output_as_a_big_pool(ref_core, small_core)
     assert small_core.scheduler.num_preemptions > 0
     # FCFS: the earliest request is never the victim.
     assert got["r0"].num_preemptions == 0
@@ -94,12 +100,7 @@ def test_preemption_recomputes_and_loses_no_token():
 def test_swap_preemption_restores_pages_and_loses_no_token():
     ref_core, _ = make_core(num_pages=200)
     small_core, ex = make_core(num_pages=9, host_pages=64)
-    for core in (ref_core, small_core):
-        for i in range(3):
-            core.add_request(req(f"r{i}", n_prompt=8, max_tokens=12, t=float(i)))
-    ref = {k: v.output_token_ids for k, v in run(ref_core).items()}
-    got = run(small_core)
-    assert {k: v.output_token_ids for k, v in got.items()} == ref
+    _same_output_as_a_big_pool(ref_core, small_core)
     sched = small_core.scheduler
     assert sched.num_swap_outs > 0 and sched.num_preemptions == sched.num_swap_outs  # nothing recomputed
     assert ex.copied_pages > 0 and any(c.to_host for p in ex.plans for c in p.swaps)
@@ -117,12 +118,7 @@ def test_swap_preemption_restores_pages_and_loses_no_token():
 def test_swap_falls_back_to_recompute_when_the_host_pool_is_full():
     ref_core, _ = make_core(num_pages=200)
     small_core, _ = make_core(num_pages=9, host_pages=4)  # room for one victim's pages, not two
-    for core in (ref_core, small_core):
-        for i in range(3):
-            core.add_request(req(f"r{i}", n_prompt=8, max_tokens=12, t=float(i)))
-    ref = {k: v.output_token_ids for k, v in run(ref_core).items()}
-    got = run(small_core)
-    assert {k: v.output_token_ids for k, v in got.items()} == ref
+    _same_output_as_a_big_pool(ref_core, small_core)
     sched = small_core.scheduler
     assert 0 < sched.num_swap_outs < sched.num_preemptions  # swapped while it could, then recomputed
 

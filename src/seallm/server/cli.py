@@ -33,21 +33,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 def deployment_from_args(args: argparse.Namespace):
     """The :class:`DeploymentConfig` of the command line (file, then flags on top)."""
     from seallm.cli import _parse_models
-    from seallm.deploy import DeploymentConfig, ModelEntry, load_deployment
+    from seallm.deploy import ModelEntry, deployment_from
 
-    models = _parse_models(args.model or [])
-    if args.config:
-        cfg = load_deployment(args.config)
-        if models:
-            cfg = cfg.with_overrides(models=tuple(ModelEntry(n, p) for n, p in models.items()))
-    else:
-        if not models:
-            from seallm.demo import ensure_demo_checkpoints
+    cfg = deployment_from(_parse_models(args.model or []), args.config)
+    if cfg is None:
+        from seallm.demo import ensure_demo_checkpoints
 
-            print("seallm: no --model given: serving the demo deployment. Its weights are RANDOM: the text "
-                  "it writes is noise; use it to see the system work, not to read answers.", flush=True)
-            models = ensure_demo_checkpoints()
-        cfg = DeploymentConfig(models=tuple(ModelEntry(n, p) for n, p in models.items()))
+        print("seallm: no --model given: serving the demo deployment. Its weights are RANDOM: the text "
+              "it writes is noise; use it to see the system work, not to read answers.", flush=True)
+        cfg = deployment_from(ensure_demo_checkpoints(), None)
     if args.dtype:
         cfg = cfg.with_overrides(models=tuple(ModelEntry(m.name, m.path, args.dtype) for m in cfg.models))
     return cfg.with_overrides(host=args.host, port=args.port, device=args.device,
