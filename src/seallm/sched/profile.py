@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from seallm.cost import BatchShape, FitReport, MaxAffineCostModel, fit_max_affine
 
 
+def _nearest_rank(sorted_values: list[int], quantile: float) -> float:
+    """The ``quantile`` (0..1) of a non-empty sorted list, nearest rank."""
+    n = len(sorted_values)
+    return float(sorted_values[min(n - 1, max(0, int(quantile * n + 0.5) - 1))])
+
+
 @dataclass(frozen=True)
 class ProfileSeed:
     """Starting values of a service profile (from a deployment file, a trace or a past run).
@@ -86,10 +92,7 @@ class ServiceProfile:
 
     def input_length(self, quantile: float) -> float | None:
         """The ``quantile`` (0..1) of recent prompt lengths, tokens; None before any arrival."""
-        if not self._input_lengths:
-            return None
-        s = sorted(self._input_lengths)
-        return float(s[min(len(s) - 1, max(0, int(quantile * len(s) + 0.5) - 1))])
+        return _nearest_rank(sorted(self._input_lengths), quantile) if self._input_lengths else None
 
     def arrival_rate(self) -> float | None:
         """Requests per second over the recent arrivals; None with fewer than two."""
@@ -140,9 +143,7 @@ class ServiceProfile:
         """The ``quantile`` (0..1) of recent output lengths, tokens (nearest rank)."""
         if self._sorted is None:
             self._sorted = sorted(self._lengths)
-        s = self._sorted
-        i = min(len(s) - 1, max(0, int(quantile * len(s) + 0.5) - 1))
-        return float(s[i])
+        return _nearest_rank(self._sorted, quantile)
 
     def estimate(self, prompt_tokens: int, quantile: float) -> float:
         """Estimated execution time of a new request (s): prefill of its actual prompt plus an

@@ -40,8 +40,6 @@ class Scheduler:
         self.running: dict[str, list[Request]] = {m: [] for m in kv.models}
         self._finished_ids: list[str] = []
         self._swaps: list[PageCopy] = []  # page copies not yet handed to the executor
-        self.num_preemptions = 0
-        self.num_swap_outs = 0
         self.preemptions_by_model: dict[str, int] = {m: 0 for m in kv.models}
         self.swap_outs_by_model: dict[str, int] = {m: 0 for m in kv.models}
 
@@ -85,6 +83,16 @@ class Scheduler:
         if model is not None:
             return len(self.waiting[model])
         return sum(len(q) for q in self.waiting.values())
+
+    @property
+    def num_preemptions(self) -> int:
+        """Requests that lost their device pages since start (recompute or swap), all models."""
+        return sum(self.preemptions_by_model.values())
+
+    @property
+    def num_swap_outs(self) -> int:
+        """Of those, the ones whose pages went to host memory."""
+        return sum(self.swap_outs_by_model.values())
 
     def num_swapped(self, model: str) -> int:
         """Waiting requests of ``model`` whose KV pages are in host memory."""
@@ -313,7 +321,6 @@ class Scheduler:
         if pairs is not None:
             self._swaps.append(PageCopy(True, tuple(pairs)))
             r.status = RequestStatus.SWAPPED
-            self.num_swap_outs += 1
             self.swap_outs_by_model[r.model] = self.swap_outs_by_model.get(r.model, 0) + 1
         else:
             self.kv.free(r.request_id)
@@ -321,7 +328,6 @@ class Scheduler:
             r.status = RequestStatus.PREEMPTED
         self.running[r.model].remove(r)
         r.num_preemptions += 1
-        self.num_preemptions += 1
         self.preemptions_by_model[r.model] = self.preemptions_by_model.get(r.model, 0) + 1
         self.waiting[r.model].appendleft(r)
 
