@@ -58,7 +58,10 @@ class Delta(msgspec.Struct, array_like=True, omit_defaults=True):
     """New output of one request since the last message.
 
     ``logprobs`` holds one ``(logprob, [(token_id, logprob), ...])`` per new token when asked.
-    ``error`` is set when the engine rejected the request (then ``finish_reason`` is "abort").
+    ``error`` is set when the request failed (then ``finish_reason`` is "abort"), with the
+    HTTP status the front end answers in ``error_status``: 400 for a request the engine
+    rejected, 429 for a full waiting queue (admission control), 500 for a request whose
+    processing failed in the engine (it fails alone), 503 when the engine process died.
     Times are engine ``time.time()`` seconds, sent with the final delta.
     """
 
@@ -70,6 +73,7 @@ class Delta(msgspec.Struct, array_like=True, omit_defaults=True):
     error: str | None = None
     first_scheduled_time: float | None = None
     num_preemptions: int = 0
+    error_status: int = 400
 
 
 class ModelStats(msgspec.Struct, array_like=True):
