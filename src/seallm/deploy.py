@@ -61,6 +61,18 @@ class DeploymentConfig:
         gpu_memory_utilization: fraction of free GPU memory for the KV pool.
         slo_classes: named SLOs requests may refer to.
         max_tokens_limit: most output tokens one request may ask for (None = context length).
+        max_waiting_requests: admission control, per model: most requests waiting to run
+            (queued, preempted or swapped); beyond it a new request is refused with HTTP 429
+            (None = no limit).
+        max_waiting_tokens: admission control, per model: most tokens still to prefill
+            over the waiting requests, the new one's prompt included (None = no limit).
+        max_sequences_per_request: most sequences (prompts x ``n``) in one HTTP request;
+            beyond it the request is refused with HTTP 400.
+        max_request_body: largest HTTP request body ("4MiB"); beyond it HTTP 413.
+        allow_request_chat_template: accept a ``chat_template`` sent in a request's
+            ``chat_template_kwargs`` (off by default: a template is code). When on, such a
+            template renders in a separate process, killed after ``chat_template_timeout_s``.
+        chat_template_timeout_s: time limit of a request-supplied chat template (s).
         host, port, api_key: HTTP front end.
     """
 
@@ -78,6 +90,12 @@ class DeploymentConfig:
     gpu_memory_utilization: float = 0.9
     slo_classes: tuple[SLOClass, ...] = field(default_factory=tuple)
     max_tokens_limit: int | None = None
+    max_waiting_requests: int | None = 1024
+    max_waiting_tokens: int | None = 1 << 20
+    max_sequences_per_request: int = 256
+    max_request_body: str | int = "4MiB"
+    allow_request_chat_template: bool = False
+    chat_template_timeout_s: float = 2.0
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -90,6 +108,17 @@ class DeploymentConfig:
             raise ValueError(f"model names must be unique, got {names}")
         SchedulerConfig(self.max_num_batched_tokens, self.max_num_seqs, self.preemption_mode)  # validates
         parse_bytes(self.swap_space)  # validates
+        if parse_bytes(self.max_request_body) < 1024:
+            raise ValueError(f"max_request_body must be at least 1KiB, got {self.max_request_body!r}")
+        for k in ("max_waiting_requests", "max_waiting_tokens"):
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{k} must be a positive integer or null, got {v!r}")
+        if not isinstance(self.max_sequences_per_request, int) or self.max_sequences_per_request < 1:
+            raise ValueError(f"max_sequences_per_request must be a positive integer, got "
+                             f"{self.max_sequences_per_request!r}")
+        if not self.chat_template_timeout_s > 0:
+            raise ValueError(f"chat_template_timeout_s must be > 0, got {self.chat_template_timeout_s!r}")
         object.__setattr__(self, "policy_options", resolve_trace_seeds(self.policy_options))
         make_policy(self.scheduling_policy, self.policy_options)  # validates name and options
 
