@@ -42,6 +42,9 @@ class Scheduler:
         self._swaps: list[PageCopy] = []  # page copies not yet handed to the executor
         self.preemptions_by_model: dict[str, int] = {m: 0 for m in kv.models}
         self.swap_outs_by_model: dict[str, int] = {m: 0 for m in kv.models}
+        # Preemptive policies: requests that got device pages (admitted, re-admitted or
+        # swapped in) and have not sampled a token since; they are never victims.
+        self._protected: set[str] = set()
 
     # ---- requests ------------------------------------------------------------------------
     def add_model(self, model: str) -> None:
@@ -193,7 +196,8 @@ class Scheduler:
         short = need - self.kv.num_pages_of(r.request_id) - self.kv.pool.num_free
         victims, gain, host_free = [], 0, self.kv.host_pool.num_free
         cands = sorted((v for q in self.running.values() for v in q
-                        if v.num_computed_tokens > 0 and v.request_id not in spared),
+                        if v.num_computed_tokens > 0 and v.request_id not in spared
+                        and v.request_id not in self._protected),
                        key=lambda v: key(v, now), reverse=True)
         for v in cands:
             if gain >= short:
@@ -243,9 +247,14 @@ class Scheduler:
         eligible = cands[: cfg.max_num_seqs]
         decodes = [r for r in eligible if r.status is RequestStatus.RUNNING and r.num_uncomputed_tokens == 1]
         prefills = [r for r in eligible if not (r.status is RequestStatus.RUNNING and r.num_uncomputed_tokens == 1)]
+        # Seats a waiting request could not use go to the running requests beyond them, so
+        # pages are never held by requests that cannot run while the seat-holders cannot get in.
+        backfill = [r for r in cands[cfg.max_num_seqs:] if r.status is RequestStatus.RUNNING]
+        heads = self._waiting_heads(model, now)
         admitted = []
-        for r in decodes + prefills:
-            if budget == 0:
+        closed = False  # a waiting request failed: no lower one of this model may overtake it
+        for r in decodes + prefills + backfill:
+            if budget == 0 or len(seqs) >= cfg.max_num_seqs:
                 break
             if r.request_id in preempted_now:
                 continue
@@ -253,9 +262,12 @@ class Scheduler:
             rk = key(r, now)
             running = r.status is RequestStatus.RUNNING
             if not running:
-                need = r.num_computed_tokens + n
-                ok = self._take_pages(r, need)
-                if not ok:
+                if closed:
+                    continue
+                need = r.num_tokens  # pages for its whole context: no growth until it samples
+                reserve = sum(p for k, p in heads if k < rk)
+                ok = self.kv.pool.num_free - reserve >= self._pages_to_admit(r, need) and self._take_pages(r, need)
+                if not ok and not reserve:
                     victims = self._room_victims(r, need, {a.request_id for a in admitted}, now)
                     for v in victims or ():
                         if v.request_id in scheduled:  # give back its place in this batch
@@ -267,17 +279,19 @@ class Scheduler:
                     ok = bool(victims) and self._take_pages(r, need)
                 if ok:
                     self._admit(r, now)
+                    self._protected.add(r.request_id)
                     admitted.append(r)
                     seqs.append(self._chunk(r, n))
                     scheduled.add(r.request_id)
                     budget -= n
                     continue
-                break
+                closed = True
+                continue
             while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
                 # A running request that must grow may evict others by swap or recompute (a
                 # waiting one only by swap, above: recomputing a victim's whole context to
                 # admit a new request thrashes).
-                victim = self._pick_victim(scheduled | {r.request_id}, now)
+                victim = self._pick_victim(scheduled | self._protected | {r.request_id}, now)
                 if victim is None or key(victim, now) <= rk:
                     break
                 self._preempt(victim)
@@ -293,6 +307,22 @@ class Scheduler:
             preempted_now.add(r.request_id)
         self._remove_waiting(model, admitted)
         return seqs
+
+    def _pages_to_admit(self, r: Request, num_tokens: int) -> int:
+        """Free device pages waiting ``r`` needs to hold ``num_tokens`` tokens."""
+        return max(self.kv.pages_needed(r.model, num_tokens), self.kv.num_host_pages_of(r.request_id))
+
+    def _waiting_heads(self, model: str, now: float) -> list[tuple]:
+        """(key, pages it needs) of the most urgent waiting request of every other model:
+        free pages are reserved for it against less urgent admissions of ``model``, so a
+        waiting request is never overtaken for pages by another model's lower one."""
+        key = self.policy.priority_key
+        out = []
+        for m, q in self.waiting.items():
+            if m != model and q:
+                h = min(q, key=lambda r: key(r, now))
+                out.append((key(h, now), self._pages_to_admit(h, h.num_tokens)))
+        return out
 
     def _chunk(self, r: Request, n: int) -> SeqChunk:
         start = r.num_computed_tokens
@@ -327,12 +357,14 @@ class Scheduler:
             r.num_computed_tokens = 0
             r.status = RequestStatus.PREEMPTED
         self.running[r.model].remove(r)
+        self._protected.discard(r.request_id)
         r.num_preemptions += 1
         self.preemptions_by_model[r.model] = self.preemptions_by_model.get(r.model, 0) + 1
         self.waiting[r.model].appendleft(r)
 
     def _finish(self, r: Request, reason: FinishReason, now: float) -> None:
         self.kv.free(r.request_id)
+        self._protected.discard(r.request_id)
         if r.status is RequestStatus.RUNNING:
             self.running[r.model].remove(r)
         else:
@@ -361,6 +393,7 @@ class Scheduler:
             if not seq.sample:
                 continue
             s = result.samples[seq.request_id]
+            self._protected.discard(r.request_id)
             r.output_token_ids.append(s.token_id)
             if r.params.logprobs is not None:
                 r.output_logprobs.append((s.logprob, s.top_logprobs))

@@ -191,18 +191,25 @@ class SeaLLMPolicy(SchedulingPolicy):
             st = self._state[request.request_id]
         return st
 
-    def priority_key(self, request: "Request", now: float) -> tuple:
-        st = self._st(request, now)
-        user = request.priority if self.config.use_request_priority else 0
-        tier = -st.boost if self.config.demotion_order == "budget" else st.level - st.boost
-        return (user, tier, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
-
-    def _class(self, request: "Request", now: float) -> tuple:
+    def _tiers(self, request: "Request", now: float) -> tuple[_DBState, int, int]:
+        """(state, effective API class, effective level): each aging boost lifts the request
+        one API-priority class (in level order it first lifts it one level, then classes)."""
         st = self._st(request, now)
         user = request.priority if self.config.use_request_priority else 0
         if self.config.demotion_order == "budget":
-            return (user, -st.boost, st.level)
-        return (user, st.level - st.boost)
+            return st, user - st.boost, st.level
+        lift = min(st.boost, st.level)
+        return st, user - (st.boost - lift), st.level - lift
+
+    def priority_key(self, request: "Request", now: float) -> tuple:
+        st, cls, level = self._tiers(request, now)
+        if self.config.demotion_order == "budget":
+            return (cls, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
+        return (cls, level, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
+
+    def _class(self, request: "Request", now: float) -> tuple:
+        _, cls, level = self._tiers(request, now)
+        return (cls, level)
 
     def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
         """The model whose most urgent runnable request has the best class (API priority,
