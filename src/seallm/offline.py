@@ -11,6 +11,7 @@ from typing import Any
 from seallm.core import FinishReason, Request, SamplingParams
 from seallm.deploy import DeploymentConfig, ModelEntry, build_engine
 from seallm.engine.detokenizer import IncrementalDetokenizer
+from seallm.engine.requests import new_request
 from seallm.engine.output import RequestMetrics, RequestOutput
 from seallm.models.config import ModelConfig
 
@@ -167,21 +168,8 @@ class LLM:
             tok = self.tokenizers[name]
             if tok is None:
                 raise ValueError(f"model {name!r} has no tokenizer files; pass token ids instead of text")
-            ids = tok(prompt)["input_ids"]
-        else:
-            ids = [int(t) for t in prompt]
-            bad = [t for t in ids if not 0 <= t < cfg.vocab_size]
-            if bad:
-                raise ValueError(f"token id {bad[0]} is outside the vocabulary of {name!r} (size {cfg.vocab_size})")
-        if not ids:
-            raise ValueError("the prompt is empty")
-        if len(ids) >= cfg.max_model_len:
-            raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {name!r} "
-                             f"({cfg.max_model_len} tokens including at least one output token)")
-        return Request(
-            request_id=f"offline-{next(self._ids)}", model=name, prompt_token_ids=list(ids), params=params,
-            arrival_time=self.core.clock.now(), eos_token_ids=frozenset(cfg.eos_token_ids),
-            max_model_len=cfg.max_model_len)
+            prompt = tok(prompt)["input_ids"]
+        return new_request(f"offline-{next(self._ids)}", name, cfg, prompt, params, self.core.clock.now())
 
 
 def _per_prompt(value: Any, n: int, what: str) -> list[Any]:

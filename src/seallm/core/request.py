@@ -24,7 +24,7 @@ class SLO:
     def __post_init__(self) -> None:
         for k in ("ttft", "tpot", "e2e"):
             v = getattr(self, k)
-            if v is not None and not v > 0:
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise ValueError(f"slo.{k} must be a positive number of seconds, got {v}")
 
 
@@ -65,6 +65,8 @@ class Request:
         max_model_len: the model's context length in tokens (prompt + output).
         output_token_ids: generated tokens so far.
         num_computed_tokens: tokens whose KV is in the cache (reset to 0 on preemption).
+        error: why the request failed, when its processing failed in the engine (it is then
+            finished with ``abort`` alone; other requests of its batch go on).
     """
 
     request_id: str
@@ -85,6 +87,7 @@ class Request:
     first_token_time: float | None = None
     finish_time: float | None = None
     num_preemptions: int = 0
+    error: str | None = None
     # Log-probabilities, one entry per output token when params.logprobs is set:
     # (sampled token logprob, ((token_id, logprob), ...) top alternatives).
     output_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from seallm.core import Clock, FinishReason, Request, WallClock
+import logging
+from dataclasses import replace
+
+from seallm.core import Clock, FinishReason, Request, StepPlan, StepResult, WallClock
 from seallm.engine.executor import Executor
 from seallm.sched import Scheduler
+
+logger = logging.getLogger("seallm.engine")
 
 
 class ReplicaCore:
@@ -34,10 +39,51 @@ class ReplicaCore:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[Request]:
-        """Run one iteration; returns the requests that got a token (finished ones included)."""
+        """Run one iteration; returns the requests that got a token (finished ones included)
+        and those whose processing failed (finished with ``abort`` and ``error`` set).
+
+        A failing iteration fails only the requests that cause it: when the executor raises
+        on a batch of several sequences, each sequence runs again alone (without the plan's
+        page copies, which already ran); a sequence that fails alone is finished with an
+        error, the others keep their results.
+        """
         plan = self.scheduler.schedule(self.clock.now())
         if plan is None:
             return []
-        result = self.executor.execute(plan)
+        try:
+            result = self.executor.execute(plan)
+        except Exception as e:  # noqa: BLE001 - isolate whatever failed
+            return self._isolate(plan, e)
         self.num_steps += 1
         return self.scheduler.update(plan, result, self.clock.now())
+
+    def _isolate(self, plan: StepPlan, error: Exception) -> list[Request]:
+        logger.error("iteration of %s with %d sequences failed (%s: %s); running them one by one",
+                     plan.model, len(plan.seqs), type(error).__name__, error, exc_info=error)
+        failed: dict[str, Exception] = {}
+        good, samples, step_time = [], {}, 0.0
+        if len(plan.seqs) == 1:
+            failed[plan.seqs[0].request_id] = error
+        else:
+            for seq in plan.seqs:
+                try:
+                    res = self.executor.execute(replace(plan, seqs=(seq,), swaps=()))
+                except Exception as e:  # noqa: BLE001
+                    failed[seq.request_id] = e
+                    continue
+                good.append(seq)
+                samples.update(res.samples)
+                step_time += res.step_time
+        now = self.clock.now()
+        out: list[Request] = []
+        for rid, e in failed.items():
+            r = self.scheduler.finish_request(rid, FinishReason.ABORT, now)
+            if r is not None:
+                logger.error("request %s failed alone: %s: %s", rid, type(e).__name__, e)
+                r.error = f"the engine failed to process this request ({type(e).__name__})"
+                out.append(r)
+        self.num_steps += 1
+        if good:
+            out += self.scheduler.update(replace(plan, seqs=tuple(good), swaps=()),
+                                         StepResult(plan.model, samples, step_time), now)
+        return out

@@ -14,10 +14,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import seallm
 from seallm.deploy import DeploymentConfig
 from seallm.server.engine_client import EngineClient
+from seallm.kv import parse_bytes
 from seallm.server.errors import APIError, error_body, error_response
 from seallm.server.metrics import ServerMetrics
+from seallm.server.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from seallm.server.protocol import ChatCompletionRequest, CompletionRequest
 from seallm.server.serving import OpenAIServing, ServedModel
+from seallm.server.templates import TemplateSandbox
 
 logger = logging.getLogger("seallm.server")
 
@@ -30,27 +33,6 @@ def _validation_message(exc: RequestValidationError) -> str:
             return "the request body is not valid JSON"
         parts.append(f"{loc or 'body'}: {e.get('msg')}")
     return "; ".join(parts) or "invalid request"
-
-
-class APIKeyMiddleware:
-    """Require ``Authorization: Bearer KEY`` on ``/v1`` routes (401 in OpenAI format otherwise).
-
-    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` re-streams every SSE chunk
-    through extra tasks and cost ~30% of the front end's CPU under 64 streams.
-    """
-
-    def __init__(self, app, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-            if auth != self.expected:
-                resp = JSONResponse(error_body("invalid or missing API key", 401), status_code=401)
-                await resp(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def build_app(cfg: DeploymentConfig) -> FastAPI:
@@ -73,13 +55,21 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         from seallm.core import SLO
 
         slo_classes = {c.name: SLO(c.ttft, c.tpot, c.e2e) for c in cfg.slo_classes}
-        app.state.serving = OpenAIServing(engine, models, metrics, cfg.max_tokens_limit, slo_classes)
+        sandbox = None
+        if cfg.allow_request_chat_template:
+            import asyncio
+
+            sandbox = TemplateSandbox({m.name: m.path for m in ready.models}, cfg.chat_template_timeout_s)
+            await asyncio.to_thread(sandbox.start)
+        app.state.serving = OpenAIServing(engine, models, metrics, cfg.max_tokens_limit, slo_classes,
+                                          cfg.max_sequences_per_request, sandbox)
         app.state.created = int(time.time())
         logger.info("seallm %s serving %s on http://%s:%d (policy %s, %s preemption)", seallm.__version__,
                     ", ".join(models), cfg.host, cfg.port, ready.scheduling_policy, cfg.preemption_mode)
         try:
             yield
         finally:
+            app.state.serving.close()
             await engine.shutdown()
 
     app = FastAPI(title="seallm", version=seallm.__version__, lifespan=lifespan)
@@ -103,6 +93,8 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
 
     if cfg.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=cfg.api_key)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=parse_bytes(cfg.max_request_body))
+    _document_errors(app)
 
     @app.get("/health")
     async def health(request: Request):
@@ -120,12 +112,23 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         st.metrics.update_engine(st.engine.state.stats)
         return Response(st.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def model_card(st, name: str, m: ServedModel) -> dict:
+        # No filesystem path: "root" is the served name, as vLLM reports for a named model.
+        return {"id": name, "object": "model", "created": st.created, "owned_by": "seallm", "root": name,
+                "parent": None, "max_model_len": m.info.max_model_len}
+
     @app.get("/v1/models")
     async def list_models(request: Request):
         st = request.app.state
-        return {"object": "list", "data": [
-            {"id": n, "object": "model", "created": st.created, "owned_by": "seallm", "root": m.info.path,
-             "max_model_len": m.info.max_model_len} for n, m in st.serving.models.items()]}
+        return {"object": "list", "data": [model_card(st, n, m) for n, m in st.serving.models.items()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str, request: Request):
+        st = request.app.state
+        m = st.serving.models.get(model_id)
+        if m is None:
+            raise APIError(f"The model `{model_id}` does not exist.", 404, "model", "model_not_found")
+        return model_card(st, model_id, m)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -136,3 +139,39 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         return await request.app.state.serving.chat(body, request)
 
     return app
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Publish the statuses the server really answers in the OpenAPI schema: 400 (not
+    FastAPI's default 422) for invalid bodies, and the OpenAI error shape for every error."""
+    from fastapi.openapi.utils import get_openapi
+
+    error_schema = {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type", "code"], "properties": {
+            "message": {"type": "string"}, "type": {"type": "string"},
+            "param": {"type": ["string", "null"]}, "code": {"type": ["string", "integer", "null"]}}}}}
+    statuses = {"400": "Invalid request", "401": "Invalid or missing API key", "404": "Unknown model",
+                "413": "Request body too large", "429": "Waiting queue of the model full (see Retry-After)",
+                "503": "Engine not running (see Retry-After)"}
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {})["ErrorResponse"] = error_schema
+        ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path, item in schema.get("paths", {}).items():
+            for method, op in item.items():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                if method == "post":
+                    for code, desc in statuses.items():
+                        responses[code] = {"description": desc, **ref}
+                elif path.startswith("/v1/models/"):
+                    responses["404"] = {"description": statuses["404"], **ref}
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(name, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -25,6 +26,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="what a preempted request loses: swap (default: KV to host memory and back) or recompute")
     p.add_argument("--swap-space", default=None, help="host memory for swapped KV pages (default 4GiB)")
     p.add_argument("--max-tokens-limit", type=int, default=None, help="most output tokens per request")
+    p.add_argument("--max-waiting-requests", type=int, default=None,
+                   help="admission control: most waiting requests per model, beyond which 429 (default 1024; 0: none)")
+    p.add_argument("--max-waiting-tokens", type=int, default=None,
+                   help="admission control: most prompt tokens waiting per model (default 1048576; 0: none)")
+    p.add_argument("--max-sequences-per-request", type=int, default=None,
+                   help="most prompts x n in one request (default 256)")
+    p.add_argument("--max-request-body", default=None, help="largest request body, e.g. 4MiB (default); 413 beyond")
+    p.add_argument("--allow-request-chat-template", action="store_true", default=None,
+                   help="accept chat_template in chat_template_kwargs (rendered in a child process, time-limited)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_serve)
@@ -44,11 +54,21 @@ def deployment_from_args(args: argparse.Namespace):
         cfg = deployment_from(ensure_demo_checkpoints(), None)
     if args.dtype:
         cfg = cfg.with_overrides(models=tuple(ModelEntry(m.name, m.path, args.dtype) for m in cfg.models))
+    for flag in ("max_waiting_requests", "max_waiting_tokens"):  # 0 on the command line: no limit
+        v = getattr(args, flag)
+        if v is not None and v <= 0:
+            cfg = dataclasses.replace(cfg, **{flag: None})
+            setattr(args, flag, None)
     return cfg.with_overrides(host=args.host, port=args.port, device=args.device,
                               kv_cache_memory=args.kv_cache_memory, scheduling_policy=args.scheduling_policy,
                               max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
                               max_tokens_limit=args.max_tokens_limit, api_key=args.api_key,
-                              preemption_mode=args.preemption_mode, swap_space=args.swap_space)
+                              preemption_mode=args.preemption_mode, swap_space=args.swap_space,
+                              max_waiting_requests=args.max_waiting_requests,
+                              max_waiting_tokens=args.max_waiting_tokens,
+                              max_sequences_per_request=args.max_sequences_per_request,
+                              max_request_body=args.max_request_body,
+                              allow_request_chat_template=args.allow_request_chat_template)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -37,6 +37,9 @@ class ServerMetrics:
                                    lab, registry=r)
         self.swap_outs = Counter("seallm:num_swap_outs", "Preemptions that swapped KV pages to host memory", lab,
                                  registry=r)
+        self.refused = Counter("seallm:num_requests_refused",
+                               "HTTP requests refused by admission control (429, the model's waiting queue full)",
+                               lab, registry=r)
         self._seen: dict[tuple[str, str], int] = {}
         self.kv_total = Gauge("seallm:kv_cache_pages_total", "Pages of the unified KV pool", registry=r)
         self.kv_total.set(num_pages)
@@ -47,6 +50,7 @@ class ServerMetrics:
                 g.labels(m).set(0)
             self.preemptions.labels(m)
             self.swap_outs.labels(m)
+            self.refused.labels(m)
 
     def observe_finished(self, model: str, arrival: float, first_token: float | None, finish: float,
                          prompt_tokens: int, output_tokens: int, finish_reason: str,

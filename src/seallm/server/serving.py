@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +21,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from seallm.core import SLO, SamplingParams
 from seallm.engine.detokenizer import IncrementalDetokenizer
 from seallm.engine.messages import AddRequest, Delta, ModelInfo
+from seallm.engine.requests import check_prompt
 from seallm.server.engine_client import EngineClient, EngineDeadError
 from seallm.server.errors import APIError, error_body
 from seallm.server.metrics import ServerMetrics
 from seallm.server.protocol import ChatCompletionRequest, CompletionRequest
+from seallm.server.templates import TemplateSandbox, check_template_kwargs
+
+# Prompts longer than this (characters) are tokenized on the tokenizer thread, not inline.
+_INLINE_TOKENIZE_CHARS = 4096
+RETRY_AFTER_S = 1  # Retry-After of a 429 (waiting queue full) or a 503 (engine restarting)
 
 
 @dataclass
@@ -50,18 +57,33 @@ class _Seq:
     stop_reason: int | str | None = None
     first_token_time: float | None = None
     error: str | None = None
+    error_status: int = 400
 
 
 class OpenAIServing:
     """Request handling for ``/v1/completions`` and ``/v1/chat/completions``."""
 
     def __init__(self, engine: EngineClient, models: dict[str, ServedModel], metrics: ServerMetrics,
-                 max_tokens_limit: int | None = None, slo_classes: dict[str, SLO] | None = None) -> None:
+                 max_tokens_limit: int | None = None, slo_classes: dict[str, SLO] | None = None,
+                 max_sequences_per_request: int = 256, template_sandbox: TemplateSandbox | None = None) -> None:
         self.engine = engine
         self.models = models
         self.metrics = metrics
         self.max_tokens_limit = max_tokens_limit
         self.slo_classes = slo_classes or {}
+        self.max_sequences_per_request = max_sequences_per_request
+        self.template_sandbox = template_sandbox  # None: request-supplied chat templates are refused
+        # One thread for tokenizers (a fast tokenizer must not be used from several threads at
+        # once): long prompts and chat templates never block the event loop.
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seallm-tokenize")
+
+    async def _off_loop(self, fn, *args, **kw):
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, lambda: fn(*args, **kw))
+
+    def close(self) -> None:
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+        if self.template_sandbox is not None:
+            self.template_sandbox.close()
 
     def _slo(self, req: Any) -> SLO | None:
         if req.slo_class is not None:
@@ -141,7 +163,7 @@ class OpenAIServing:
         except ValueError as e:
             raise APIError(str(e), 400) from None
 
-    def _completion_prompts(self, req: CompletionRequest, m: ServedModel) -> list[list[int]]:
+    async def _completion_prompts(self, req: CompletionRequest, m: ServedModel) -> list[list[int]]:
         p = req.prompt
         if isinstance(p, str):
             texts, ids_list = [p], None
@@ -153,21 +175,35 @@ class OpenAIServing:
             texts, ids_list = None, [list(x) for x in p]
         else:
             raise APIError("prompt must not be empty", 400, "prompt")
+        self._check_num_sequences(len(texts if texts is not None else ids_list), req.n)
         if texts is not None:
             if m.tokenizer is None:
                 raise APIError(f"model {m.info.name!r} has no tokenizer; send token ids", 400, "prompt")
-            ids_list = [m.tokenizer(t)["input_ids"] for t in texts]
-        for ids in ids_list:
-            if not ids:
-                raise APIError("prompt must not be empty", 400, "prompt")
-            bad = next((t for t in ids if not 0 <= t < m.info.vocab_size), None)
-            if bad is not None:
-                raise APIError(f"token id {bad} is outside the vocabulary (size {m.info.vocab_size})", 400, "prompt")
-        return ids_list
+            if sum(len(t) for t in texts) > _INLINE_TOKENIZE_CHARS:
+                ids_list = await self._off_loop(lambda: [m.tokenizer(t)["input_ids"] for t in texts])
+            else:
+                ids_list = [m.tokenizer(t)["input_ids"] for t in texts]
+        return [self._checked(m, ids, "prompt") for ids in ids_list]
 
-    def _chat_prompt(self, req: ChatCompletionRequest, m: ServedModel) -> list[int]:
+    def _checked(self, m: ServedModel, ids: Any, param: str) -> list[int]:
+        """Token ids checked against the model's vocabulary and context (400 otherwise)."""
+        if not isinstance(ids, (list, tuple)):
+            raise APIError(f"the {param} did not produce token ids", 400, param)
+        try:
+            return check_prompt(m.info.name, ids, m.info)
+        except ValueError as e:
+            raise APIError(str(e), 400, param) from None
+
+    def _check_num_sequences(self, num_prompts: int, n: int) -> None:
+        if num_prompts * n > self.max_sequences_per_request:
+            raise APIError(f"{num_prompts} prompts x n={n} = {num_prompts * n} sequences exceed this server's limit "
+                           f"of {self.max_sequences_per_request} per request (max_sequences_per_request)", 400,
+                           "prompt")
+
+    async def _chat_prompt(self, req: ChatCompletionRequest, m: ServedModel) -> list[int]:
         tok = m.tokenizer
-        if tok is None or not getattr(tok, "chat_template", None):
+        variables, template = check_template_kwargs(req.chat_template_kwargs, self.template_sandbox is not None)
+        if tok is None or (template is None and not getattr(tok, "chat_template", None)):
             raise APIError(f"model {m.info.name!r} has no chat template; use /v1/completions", 400, "messages")
         msgs = []
         for msg in req.messages:
@@ -175,29 +211,37 @@ class OpenAIServing:
             if isinstance(msg.content, list):
                 d["content"] = "".join(part.text for part in msg.content)
             msgs.append(d)
-        try:
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=req.add_generation_prompt, tokenize=True,
-                                          **(req.chat_template_kwargs or {}))
-        except Exception as e:  # jinja errors: the messages do not fit the template
-            raise APIError(f"cannot apply the chat template: {e}", 400, "messages") from None
-        if isinstance(ids, dict):
-            ids = ids["input_ids"]
+        if template is not None:
+            text = await self.template_sandbox.render(m.info.name, msgs, template, req.add_generation_prompt,
+                                                      variables)
+            ids = await self._off_loop(lambda: tok(text, add_special_tokens=False)["input_ids"])
+        else:
+            def render():
+                return tok.apply_chat_template(msgs, add_generation_prompt=req.add_generation_prompt, tokenize=True,
+                                               **variables)
+            try:
+                ids = await self._off_loop(render)
+            except Exception as e:  # jinja errors: the messages do not fit the template
+                raise APIError(f"cannot apply the chat template: {type(e).__name__}: {e}", 400, "messages") from None
+            if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers versions differ on the default
+                ids = ids["input_ids"]
         if not ids:
             raise APIError("the chat prompt is empty", 400, "messages")
-        return list(ids)
+        return self._checked(m, ids, "messages")
 
     # ---- requests ---------------------------------------------------------------------------
     async def completions(self, req: CompletionRequest, http: HTTPRequest):
         m = self._model(req.model)
         self._reject_unsupported(req)
-        prompts = self._completion_prompts(req, m)
+        prompts = await self._completion_prompts(req, m)
         seqs = self._make_seqs(req, m, prompts, req.max_tokens, req.logprobs)
         return await self._run(req, http, seqs, chat=False)
 
     async def chat(self, req: ChatCompletionRequest, http: HTTPRequest):
         m = self._model(req.model)
         self._reject_unsupported(req)
-        ids = self._chat_prompt(req, m)
+        self._check_num_sequences(1, req.n)
+        ids = await self._chat_prompt(req, m)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         lp = (req.top_logprobs or 0) if req.logprobs else None
         seqs = self._make_seqs(req, m, [ids], max_tokens, lp)
@@ -222,11 +266,16 @@ class OpenAIServing:
         queue: asyncio.Queue = asyncio.Queue()
         slo = self._slo(req)
         try:
-            for s in seqs:
-                await self.engine.add(AddRequest(s.request_id, s.model, s.prompt_ids, s.params, s.arrival,
-                                                 req.priority, slo), queue, s.index)
-        except EngineDeadError as e:
-            raise APIError(str(e), 503) from None
+            try:
+                for s in seqs:
+                    await self.engine.add(AddRequest(s.request_id, s.model, s.prompt_ids, s.params, s.arrival,
+                                                     req.priority, slo), queue, s.index)
+            except EngineDeadError as e:
+                raise APIError(f"{e}; retry later", 503, headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            await self._admitted(seqs, queue)
+        except BaseException:  # refused, engine gone, or the client left while waiting
+            self._abort_unfinished(seqs)
+            raise
         rid = ("chatcmpl-" if chat else "cmpl-") + seqs[0].request_id.split("-")[0]
         created = int(time.time())
         if req.stream:
@@ -241,14 +290,49 @@ class OpenAIServing:
             gone.cancel()
             if not collect.done():
                 collect.cancel()
-                self._abort_unfinished(seqs)
+            self._abort_unfinished(seqs)
         if collect not in done:
             return JSONResponse(error_body("client disconnected", 400), status_code=400)
         collect.result()
-        errors = [s.error for s in seqs if s.error]
-        if errors:
-            return JSONResponse(error_body(errors[0], 400), status_code=400)
+        failed = next((s for s in seqs if s.error), None)
+        if failed is not None:
+            return JSONResponse(error_body(failed.error, failed.error_status), status_code=failed.error_status)
         return JSONResponse(self._final_body(rid, created, req.model, seqs, chat))
+
+    async def _admitted(self, seqs: list[_Seq], queue: asyncio.Queue) -> None:
+        """Wait for the engine's verdict on every sequence (its first delta: an empty
+        acknowledgement, or an error), before any response is started.
+
+        Raises:
+            APIError: the first refusal: 429 with ``Retry-After`` when the model's waiting
+                queue is full, 400 for a request the engine rejected, 503 if it died.
+        """
+        pending = set(range(len(seqs)))
+        early: list[tuple[int, Delta]] = []  # outputs of sequences already admitted
+        failed: _Seq | None = None
+        while pending:
+            index, d = await queue.get()
+            if index not in pending:
+                early.append((index, d))
+                continue
+            pending.discard(index)
+            if d.error:
+                s = seqs[index]
+                s.error, s.error_status, s.finish_reason = d.error, d.error_status, "abort"
+                failed = failed or s
+        if failed is None:
+            if early:  # put them back ahead of what arrived since, in order
+                rest = [queue.get_nowait() for _ in range(queue.qsize())]
+                for item in early + rest:
+                    queue.put_nowait(item)
+            return
+        headers = None
+        if failed.error_status in (429, 503):
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            if failed.error_status == 429:
+                self.metrics.refused.labels(failed.model).inc()
+        raise APIError(failed.error, failed.error_status, "model" if failed.error_status == 429 else None,
+                       headers=headers)
 
     def _abort_unfinished(self, seqs: list[_Seq]) -> None:
         ids = [s.request_id for s in seqs if s.finish_reason is None]
@@ -264,7 +348,7 @@ class OpenAIServing:
     async def _apply(self, s: _Seq, d: Delta) -> str:
         now = time.time()
         if d.error:
-            s.error = d.error
+            s.error, s.error_status = d.error, d.error_status
             s.finish_reason = "abort"
             return ""
         if d.token_ids and s.first_token_time is None:
@@ -289,7 +373,10 @@ class OpenAIServing:
 
     async def _collect(self, seqs: list[_Seq], queue: asyncio.Queue) -> None:
         while any(s.finish_reason is None for s in seqs):
-            await self._next(seqs, queue)
+            s, _ = await self._next(seqs, queue)
+            if s.error:  # the response is an error: the other sequences stop now
+                self._abort_unfinished(seqs)
+                return
 
     # ---- response bodies ----------------------------------------------------------------------
     def _usage(self, seqs: list[_Seq]) -> dict[str, int]:
@@ -348,7 +435,7 @@ class OpenAIServing:
             body = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
             if usage is not None:
                 body["usage"] = usage
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+            return f"data: {_sse_safe(json.dumps(body, ensure_ascii=False))}\n\n"
 
         try:
             if chat:
@@ -361,7 +448,7 @@ class OpenAIServing:
                 n_before = len(s.logprobs)
                 text = await self._apply(s, d)
                 if s.error:
-                    yield f"data: {json.dumps(error_body(s.error, 400))}\n\n"
+                    yield f"data: {json.dumps(error_body(s.error, s.error_status))}\n\n"
                     continue
                 done = s.finish_reason is not None
                 # Completions stream one chunk per new token even when its text is still empty
@@ -387,6 +474,20 @@ class OpenAIServing:
             yield "data: [DONE]\n\n"
         finally:  # client gone (cancelled) or finished: free whatever is still running
             self._abort_unfinished(seqs)
+
+
+_LINE_BREAKS = ("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")
+
+
+def _sse_safe(data: str) -> str:
+    """JSON text with the line breaks that ``str.splitlines`` knows beyond CR/LF escaped
+    (NEL, LINE and PARAGRAPH SEPARATOR; json.dumps already escapes control characters), so a
+    client that splits the event stream with ``splitlines`` (httpx's ``aiter_lines``) never
+    cuts an event in two. The JSON value is unchanged."""
+    for raw, esc in _LINE_BREAKS:
+        if raw in data:
+            data = data.replace(raw, esc)
+    return data
 
 
 async def _wait_disconnect(http: HTTPRequest) -> None:
