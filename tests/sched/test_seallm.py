@@ -325,3 +325,41 @@ def test_profiles_track_input_lengths_and_arrival_rate(tmp_path):
     fresh = SeaLLMPolicy()
     fresh.load_profiles(path)
     assert fresh.profile("a").input_length(0.5) == 9.0
+
+
+def test_aging_lifts_a_low_priority_request_of_another_model_within_the_bound():
+    # Model a never lets up: a fresh priority-0 request every iteration, one seat. A
+    # priority-1 request of model b ties with that stream after one aging interval and is
+    # ahead of it after two ((p - q + 1) intervals), so it starts within that bound.
+    interval = 0.2
+    core = make(seallm(aging_interval_s=interval), max_seqs=1)
+    arrivals = [req(f"s{i}", "a", max_tokens=2, t=i * STEP) for i in range(300)]
+    arrivals.append(req("low", "b", max_tokens=3, t=0.05, priority=1))
+    order, reqs = drive(core, arrivals)
+    low = reqs["low"]
+    wait = low.first_scheduled_time - low.arrival_time
+    assert interval * (1 - 1) <= wait <= interval * (1 - 0 + 1) + 2 * STEP
+    assert order.index("low") < len(order) - 100  # long before the stream ended
+    # Without aging it waits for the stream to end.
+    core = make(seallm(aging_interval_s=None), max_seqs=1)
+    order, _ = drive(core, [req(f"s{i}", "a", max_tokens=2, t=i * STEP) for i in range(300)]
+                     + [req("low", "b", max_tokens=3, t=0.05, priority=1)])
+    assert order[-1] == "low"
+
+
+@pytest.mark.parametrize("host_pages", [0, 6])
+def test_a_request_is_never_preempted_before_it_progressed(host_pages):
+    # Long prompts in a pool that holds about three of them: every request that got pages
+    # samples a token before it can lose them again (no ping-pong, no lost prefills), so it
+    # is preempted at most once per output token, and nothing is lost.
+    def run(num_pages, hp):
+        core = make(seallm(), num_pages=num_pages, budget=16, host_pages=hp)
+        arrivals = [req(f"r{i}", "ab"[i % 2], n_prompt=40 + 3 * i, max_tokens=6 + 5 * (i % 4), t=0.01 * i)
+                    for i in range(12)]
+        return drive(core, arrivals)[1], core.scheduler
+
+    ref, _ = run(1000, 0)
+    got, sched = run(40, host_pages)
+    assert sched.num_preemptions > 0
+    assert {k: r.output_token_ids for k, r in got.items()} == {k: r.output_token_ids for k, r in ref.items()}
+    assert all(r.num_preemptions <= r.num_output_tokens for r in got.values())

@@ -235,6 +235,18 @@ class Scheduler:
         and, when it cannot get them, stops admission; in swap mode it may first swap out
         lower-priority running requests, even ones already placed in this batch
         (:meth:`_room_victims`).
+
+        Progress guarantee under overload (our design, against swap ping-pong and recompute
+        thrash): (1) a waiting request is admitted only with pages for its whole context (its
+        prompt, or everything it had computed), so its prefill never needs more pages; (2)
+        from then until it samples a token it is never a victim, neither of another request's
+        growth nor of an admission; (3) free pages are reserved for the most urgent waiting
+        request of every other model against less urgent admissions, and a waiting request
+        that cannot get in blocks the less urgent ones of its model, so no request is
+        overtaken for pages it waits for; (4) seats a waiting request could not use go to
+        running requests beyond the first ``max_num_seqs``, so pages are never held by
+        requests that cannot run. Hence every preemption of a request follows at least one
+        new token of it since it last got pages: preemptions <= output tokens, per request.
         """
         cfg = self.config
         key = self.policy.priority_key

@@ -8,15 +8,15 @@ paper's listing is not available:
    prompt + an output-length statistic x the iteration time) and an initial budget B = Ê
    (service-agnostic ablation: the same budget for every service).
 2. Priority key (smaller runs first). With ``demotion_order="budget"`` (default):
-   ``(API priority, -boosts, B - attained, arrival)``: a demoted request competes by its
+   ``(API priority - boosts, B - attained, arrival)``: a demoted request competes by its
    remaining (doubled) budget ("priority gradually decreased"), so for seats, batch order,
    KV pages and preemption victims, which are decided across all models of the device, a
    short service's demoted request still outranks a long service's fresh one. With
-   ``demotion_order="level"`` (strict MLFQ): ``(API priority, level - boosts, B - attained,
-   arrival)``. Which model runs the next iteration follows its most urgent request's class
-   ``(API priority, -boosts, level)``: a model with undemoted work goes before one whose
-   requests were all demoted; models tied on the class take turns (ranking models by the
-   full key starves the other models' decode batches).
+   ``demotion_order="level"`` (strict MLFQ): ``(API priority - boosts beyond the level,
+   level - boosts (down to 0), B - attained, arrival)``. Which model runs the next iteration
+   follows its most urgent request's class ``(effective API class, level)``: a model with
+   undemoted work goes before one whose requests were all demoted; models tied on the class
+   take turns (ranking models by the full key starves the other models' decode batches).
 3. After each iteration in which a request ran, its attained service grows by the work done
    for it, in the units of Ê: its prefill tokens x the profile's prefill time per token, or
    one iteration time for a decode token (``accounting="work"``, the default; the
@@ -24,13 +24,21 @@ paper's listing is not available:
    charges the whole iteration's time instead, which over-charges a request that shares a
    long prefill iteration. When attained >= B it is demoted one level and its budget
    doubles (fixed-budget ablation: stays B).
-4. Aging (MLFQ priority boost): a stretch of ``aging_interval_s`` a request spends without
-   running adds one boost (optionally also a stretch of ``aging_factor`` x its current
-   budget). A demotion takes one boost back (in level order the level rises instead), so a
-   boosted request keeps its lead for one budget of work. No request starves: a request
-   that waits one interval is ahead of every unboosted request (in level order: after
-   (level + 1) intervals, ahead of every new request), and then runs until its budget at
-   that level is spent or others waited longer; each further wait is bounded the same way.
+4. Aging (MLFQ priority boost, extended across API priorities; our design): each stretch of
+   ``aging_interval_s`` a request spends without running adds one boost (optionally also a
+   stretch of ``aging_factor`` x its current budget), and each boost lifts it one API-priority
+   class (in level order: one level first, then classes). A demotion takes one boost back,
+   so a boosted request keeps its lead for one budget of work. The bound: a request of API
+   priority p that has waited k intervals has class p - k, on every model; after
+   (p - q) intervals it ties with every request of API priority q that has not itself waited
+   an interval (its model then gets every other iteration), after (p - q + 1) it is ahead of
+   all of them: its model runs first, it takes the first seat, and no lower request of any
+   model is admitted into the pages it waits for (the scheduler reserves them), so it starts
+   as soon as pages are free (at once when they are, or when swap room lets it swap lower
+   requests out), at the latest when the requests running at that moment finish. Against
+   fresh work of its own API priority that is one interval. Requests that waited too (a
+   backlog of the same age) are not overtaken by it, so under a backlog the bound grows by
+   the time to serve the requests that outrank it and waited at least as long.
 5. Preemption at iteration boundaries: the ``max_num_seqs`` most urgent requests get the
    seats (others keep their KV pages and wait); decode tokens go first, then prefill chunks
    in priority order; under memory pressure the lowest-priority running request of the
