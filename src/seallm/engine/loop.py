@@ -1,0 +1,180 @@
+"""The engine loop: requests in, one iteration, outputs out, driven through an injected
+inbox and outbox so that the same loop runs behind ZeroMQ (``seallm serve``'s engine
+process) or any other transport (torch-free).
+
+Admission control (per model, SeaLLM/SLOs-Serve-style overload protection of our design):
+a request is refused with an error delta of status 429 when its model already has
+``max_waiting_requests`` waiting requests, or when its prompt would bring the tokens still to
+prefill over ``max_waiting_tokens``. Every admitted request is acknowledged at once with an
+empty delta, before the iteration runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+
+from seallm.core import FinishReason, Request
+from seallm.engine.core import ReplicaCore
+from seallm.engine.messages import (AbortRequests, AddRequest, Delta, EngineOutputs, FromEngine, ModelInfo,
+                                    ModelStats, Ready, Shutdown, ToEngine)
+from seallm.engine.requests import ModelLimits, new_request
+
+logger = logging.getLogger("seallm.engine")
+
+IDLE_POLL_MS = 50
+STATS_EVERY_S = 0.25
+
+Inbox = Callable[[int], "ToEngine | None"]
+"""``inbox(timeout_ms)``: the next message, waiting up to ``timeout_ms`` (0: only what is
+there); None when none came. A transport drops (and logs) what it cannot decode."""
+Outbox = Callable[[FromEngine], None]
+"""``outbox(message)``: send one message to the front end."""
+
+
+class EngineLoop:
+    """An engine's loop: drain the inbox, run one iteration, send the deltas; forever.
+
+    Failure isolation: a message that cannot be decoded is dropped (logged); a request that
+    cannot be queued gets an error delta (400, or 429 when its model's waiting queue is
+    full); a request whose processing fails in an iteration fails alone
+    (:meth:`ReplicaCore.step`). Every queued request is acknowledged at once with an empty
+    delta, so the front end knows it was admitted before it answers the client.
+    """
+
+    def __init__(self, core: ReplicaCore, configs: dict[str, ModelLimits], inbox: Inbox, outbox: Outbox,
+                 max_waiting_requests: int | None = None, max_waiting_tokens: int | None = None) -> None:
+        self.core = core
+        self.sched = core.scheduler
+        self.kv = core.scheduler.kv
+        self.configs = configs
+        self.max_waiting_requests = max_waiting_requests
+        self.max_waiting_tokens = max_waiting_tokens
+        self.inbox, self._send = inbox, outbox
+        self.sent: dict[str, int] = {}  # request id -> output tokens already sent
+        self._last_stats = 0.0
+        self._waiting_tokens: dict[str, int] = {}  # per model, valid for one inbox drain
+
+    def run(self) -> None:
+        """Announce ``Ready``, then serve until a ``Shutdown`` message arrives."""
+        self._send(Ready(
+            models=[ModelInfo(n, getattr(c, "path", ""), getattr(c, "architecture", ""), c.max_model_len,
+                              c.vocab_size, self.kv.capacity_tokens(n)) for n, c in self.configs.items()],
+            scheduling_policy=self.sched.policy.name, num_pages=self.kv.pool.num_pages,
+            page_size_bytes=self.kv.pool.page_size_bytes))
+        while True:
+            timeout = 0 if self.core.has_unfinished() else IDLE_POLL_MS
+            acks: list[Delta] = []
+            self._waiting_tokens.clear()
+            while (msg := self.inbox(timeout)) is not None:
+                timeout = 0
+                if isinstance(msg, Shutdown):
+                    return
+                self._handle(msg, acks)
+            if acks:  # admitted or refused: tell the front end before the iteration runs
+                self._send(EngineOutputs(acks, None, self.kv.pool.num_free, 0.0))
+            deltas: list[Delta] = []
+            step_time = 0.0
+            if self.core.has_unfinished():
+                t0 = time.perf_counter()
+                try:
+                    updated = self.core.step()
+                except Exception:  # a scheduler bug: the queues cannot be trusted any more
+                    logger.error("engine step failed:\n%s", traceback.format_exc())
+                    updated = self._abort_all()
+                for r in updated:
+                    deltas.append(self._delta(r))
+                step_time = time.perf_counter() - t0
+            now = self.core.clock.now()
+            if deltas or now - self._last_stats > STATS_EVERY_S:
+                stats = None
+                if now - self._last_stats > STATS_EVERY_S or not self.core.has_unfinished():
+                    stats = self._stats()
+                    self._last_stats = now
+                self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time))
+
+    def _admission_error(self, model: str, num_prompt_tokens: int) -> str | None:
+        """Why a new request of ``model`` is refused (its waiting queue is full), or None."""
+        if self.max_waiting_requests is not None and self.sched.num_waiting(model) >= self.max_waiting_requests:
+            return (f"model {model!r} has {self.sched.num_waiting(model)} requests waiting, the limit "
+                    f"(max_waiting_requests); retry later")
+        if self.max_waiting_tokens is not None:
+            if model not in self._waiting_tokens:
+                self._waiting_tokens[model] = sum(r.num_uncomputed_tokens for r in self.sched.waiting.get(model, ()))
+            if self._waiting_tokens[model] + num_prompt_tokens > self.max_waiting_tokens:
+                return (f"model {model!r} has {self._waiting_tokens[model]} tokens waiting to be prefilled; with "
+                        f"this request's {num_prompt_tokens} that exceeds max_waiting_tokens="
+                        f"{self.max_waiting_tokens}; retry later")
+        return None
+
+    def _handle(self, msg: ToEngine, acks: list[Delta]) -> None:
+        if isinstance(msg, AddRequest):
+            try:
+                cfg = self.configs.get(msg.model)
+                if cfg is None:
+                    raise ValueError(f"model {msg.model!r} is not served here")
+                r = new_request(msg.request_id, msg.model, cfg, msg.prompt_token_ids, msg.params,
+                                msg.arrival_time, msg.priority, msg.slo)
+                if r.request_id in self.sched.requests:
+                    raise ValueError(f"request id {r.request_id!r} is already queued")
+                why = self._admission_error(msg.model, r.num_prompt_tokens)
+                if why is not None:
+                    acks.append(Delta(msg.request_id, [], finish_reason="abort", error=why, error_status=429))
+                    return
+                self.core.add_request(r)
+                if msg.model in self._waiting_tokens:
+                    self._waiting_tokens[msg.model] += r.num_prompt_tokens
+                self.sent[r.request_id] = 0
+                acks.append(Delta(msg.request_id, []))
+            except ValueError as e:
+                acks.append(Delta(msg.request_id, [], finish_reason="abort", error=str(e)))
+            except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
+                logger.exception("could not queue request %s", msg.request_id)
+                acks.append(Delta(msg.request_id, [], finish_reason="abort",
+                                  error=f"the engine could not queue this request ({type(e).__name__})",
+                                  error_status=500))
+        elif isinstance(msg, AbortRequests):
+            reason = FinishReason(msg.reason) if msg.reason in ("stop", "abort") else FinishReason.ABORT
+            for rid in msg.request_ids:
+                r = self.core.abort_request(rid, reason)
+                self.sent.pop(rid, None)
+                if r is not None:
+                    logger.debug("aborted %s (%s)", rid, reason)
+
+    def _delta(self, r: Request) -> Delta:
+        start = self.sent.get(r.request_id, 0)
+        lps = None
+        if r.params.logprobs is not None:
+            lps = [(lp, list(top)) for lp, top in r.output_logprobs[start:]]
+        d = Delta(r.request_id, r.output_token_ids[start:], lps)
+        if r.is_finished:
+            self.sent.pop(r.request_id, None)
+            d.finish_reason = str(r.finish_reason)
+            d.stop_reason = r.stop_reason
+            d.first_scheduled_time = r.first_scheduled_time
+            d.num_preemptions = r.num_preemptions
+            if r.error is not None:
+                d.error, d.error_status = r.error, 500
+        else:
+            self.sent[r.request_id] = r.num_output_tokens
+        return d
+
+    def _abort_all(self) -> list[Request]:
+        out = []
+        for rid in list(self.sched.requests):
+            r = self.core.abort_request(rid)
+            if r is not None:
+                r.error = "the engine's scheduler failed; the request was aborted"
+                out.append(r)
+        for r in out:
+            self.sent.pop(r.request_id, None)
+        return out
+
+    def _stats(self) -> dict[str, ModelStats]:
+        used = self.kv.pages_used_by_model()
+        return {m: ModelStats(self.sched.num_running(m), self.sched.num_waiting(m), used.get(m, 0),
+                              self.sched.num_swapped(m), self.sched.preemptions_by_model.get(m, 0),
+                              self.sched.swap_outs_by_model.get(m, 0))
+                for m in self.configs}
