@@ -47,13 +47,24 @@ class ReplicaCore:
         page copies, which already ran); a sequence that fails alone is finished with an
         error, the others keep their results.
         """
-        plan = self.scheduler.schedule(self.clock.now())
+        plan = self.plan()
         if plan is None:
             return []
         try:
             result = self.executor.execute(plan)
         except Exception as e:  # noqa: BLE001 - isolate whatever failed
             return self._isolate(plan, e)
+        return self.apply(plan, result)
+
+    def plan(self) -> StepPlan | None:
+        """First half of an iteration: the scheduler's plan at ``clock.now()`` (None: nothing
+        to run). Whoever executes it (this core's executor, or a simulator interleaving many
+        replicas by events) must hand the result to :meth:`apply` before the next plan."""
+        return self.scheduler.schedule(self.clock.now())
+
+    def apply(self, plan: StepPlan, result: StepResult) -> list[Request]:
+        """Second half: apply ``result`` at ``clock.now()``; returns the requests that got a
+        token (finished ones included)."""
         self.num_steps += 1
         return self.scheduler.update(plan, result, self.clock.now())
 
