@@ -1,8 +1,11 @@
 // Paged decode attention for the CPU: one query token per sequence, K/V read in place from
 // the pages of the unified KV pool (no gather copies).
 //
-// Registered as torch.ops.seallm_cpu.paged_decode_attention; JIT-compiled by
-// seallm/models/cpu_kernels.py with -O3 -march=native -fopenmp.
+// Registered as torch.ops.<SEALLM_OP_NS>.paged_decode_attention (namespace seallm_cpu unless
+// the build defines SEALLM_OP_NS, so that differently compiled variants can be loaded side by
+// side), plus <SEALLM_OP_NS>.isa() -> the SIMD path compiled in ("avx512", "avx2" or
+// "generic"). JIT-compiled by seallm/models/cpu_kernels.py with -O3 -march=native -fopenmp
+// (SEALLM_CPU_ISA=avx2 adds -mno-avx512f; =generic defines SEALLM_CPU_SIMD_GENERIC).
 //
 // Layout: k_rows / v_rows are 2-D strided views [num_pages, tpp * Hkv * D] with strides
 // (row_stride, 1): row p is page p's K (or V) of one layer, token-major [tpp, Hkv, D]. The
@@ -16,8 +19,9 @@
 //
 // SIMD: a small vector abstraction with AVX-512 (16 floats), AVX2+FMA+F16C (8 floats) and
 // portable (plain arrays the compiler auto-vectorizes) implementations, chosen at compile
-// time by -march=native; the head dim must be a multiple of the vector width, else a
-// width-1 fallback is used. Head dims of 1, 2, 4 or 8 vectors get unrolled instances.
+// time by -march=native (or forced to the portable one by defining SEALLM_CPU_SIMD_GENERIC);
+// the head dim must be a multiple of the vector width, else a width-1 fallback is used.
+// Head dims of 1, 2, 4 or 8 vectors get unrolled instances.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -25,8 +29,22 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+#if defined(SEALLM_CPU_SIMD_GENERIC)
+#define SEALLM_SIMD_GENERIC 1
+#elif defined(__AVX512F__)
+#define SEALLM_SIMD_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define SEALLM_SIMD_AVX2 1
+#else
+#define SEALLM_SIMD_GENERIC 1
+#endif
+
+#if defined(SEALLM_SIMD_AVX512) || defined(SEALLM_SIMD_AVX2)
 #include <immintrin.h>
+#endif
+
+#ifndef SEALLM_OP_NS
+#define SEALLM_OP_NS seallm_cpu
 #endif
 
 #include <algorithm>
@@ -34,6 +52,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -73,7 +92,7 @@ struct F16 {
 // ---- vector abstractions -------------------------------------------------------------
 // reg: W floats. load<S>(p): W elements of type S converted to float.
 
-#if defined(__AVX512F__)
+#if defined(SEALLM_SIMD_AVX512)
 struct VecAVX512 {
   static constexpr int W = 16;
   using reg = __m512;
@@ -98,7 +117,7 @@ struct VecAVX512 {
 };
 #endif
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#if defined(SEALLM_SIMD_AVX2)
 struct VecAVX2 {
   static constexpr int W = 8;
   using reg = __m256;
@@ -177,12 +196,15 @@ struct VecGeneric {
   }
 };
 
-#if defined(__AVX512F__)
+#if defined(SEALLM_SIMD_AVX512)
 using VecWide = VecAVX512;
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+constexpr const char* kIsa = "avx512";
+#elif defined(SEALLM_SIMD_AVX2)
 using VecWide = VecAVX2;
+constexpr const char* kIsa = "avx2";
 #else
 using VecWide = VecGeneric<8>;
+constexpr const char* kIsa = "generic";
 #endif
 using VecOne = VecGeneric<1>;
 
@@ -475,12 +497,19 @@ void paged_decode_attention(const at::Tensor& q, const at::Tensor& k_rows, const
   }
 }
 
+std::string isa() { return kIsa; }
+
 }  // namespace
 
-TORCH_LIBRARY(seallm_cpu, m) {
+// Indirection so that SEALLM_OP_NS is expanded before TORCH_LIBRARY pastes/stringizes it.
+#define SEALLM_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define SEALLM_TORCH_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
+
+SEALLM_TORCH_LIBRARY(SEALLM_OP_NS, m) {
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_rows, Tensor v_rows, Tensor block_tables, Tensor context_lens, "
       "int tokens_per_page, int num_kv_heads, float scale, int sliding_window, Tensor(a!) out) -> ()");
+  m.def("isa() -> str", &isa);  // no tensor arguments: a catch-all kernel, no dispatch key needed
 }
 
-TORCH_LIBRARY_IMPL(seallm_cpu, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
+SEALLM_TORCH_LIBRARY_IMPL(SEALLM_OP_NS, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
