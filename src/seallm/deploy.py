@@ -13,7 +13,8 @@ from typing import Any
 
 from seallm.core import WallClock
 from seallm.engine.core import ReplicaCore
-from seallm.kv import KVCacheManager, PagePool, default_page_size_bytes, parse_bytes
+from seallm.engine.replica import ReplicaLayout, ReplicaModel, ReplicaSpec, build_replica
+from seallm.kv import KVCacheManager, parse_bytes
 from seallm.models.config import ModelConfig, load_model_config
 from seallm.sched import Scheduler, SchedulerConfig, make_policy
 
@@ -73,6 +74,13 @@ class DeploymentConfig:
             ``chat_template_kwargs`` (off by default: a template is code). When on, such a
             template renders in a separate process, killed after ``chat_template_timeout_s``.
         chat_template_timeout_s: time limit of a request-supplied chat template (s).
+        engine_restart_max: supervision: most restarts of a dead engine process within
+            ``engine_restart_window_s``; once spent, the server stays up in the "failed" state
+            (``/health`` 503) until restarted. 0 never restarts.
+        engine_restart_window_s: the window of ``engine_restart_max`` (s).
+        engine_restart_backoff_s: wait before the first restart of a window (s); it doubles
+            with each further restart in the window, up to ``engine_restart_backoff_max_s``.
+        engine_restart_backoff_max_s: longest wait before a restart (s).
         host, port, api_key: HTTP front end.
     """
 
@@ -96,6 +104,10 @@ class DeploymentConfig:
     max_request_body: str | int = "4MiB"
     allow_request_chat_template: bool = False
     chat_template_timeout_s: float = 2.0
+    engine_restart_max: int = 5
+    engine_restart_window_s: float = 600.0
+    engine_restart_backoff_s: float = 1.0
+    engine_restart_backoff_max_s: float = 30.0
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -119,6 +131,12 @@ class DeploymentConfig:
                              f"{self.max_sequences_per_request!r}")
         if not self.chat_template_timeout_s > 0:
             raise ValueError(f"chat_template_timeout_s must be > 0, got {self.chat_template_timeout_s!r}")
+        if not isinstance(self.engine_restart_max, int) or self.engine_restart_max < 0:
+            raise ValueError(f"engine_restart_max must be an integer >= 0, got {self.engine_restart_max!r}")
+        for k in ("engine_restart_window_s", "engine_restart_backoff_s", "engine_restart_backoff_max_s"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf"):
+                raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
         object.__setattr__(self, "policy_options", resolve_trace_seeds(self.policy_options))
         make_policy(self.scheduling_policy, self.policy_options)  # validates name and options
 
@@ -192,6 +210,10 @@ def load_deployment(path: str) -> DeploymentConfig:
         swap_space: 4GiB
         slo_classes:
           - {name: interactive, ttft: 0.5, tpot: 0.1}
+        engine_restart_max: 5         # restarts of a dead engine within the window
+        engine_restart_window_s: 600
+        engine_restart_backoff_s: 1   # doubling per restart in the window,
+        engine_restart_backoff_max_s: 30  # up to this
 
     Relative model paths are resolved against the file's folder.
 
@@ -247,8 +269,28 @@ class EngineStack:
     model_configs: dict[str, ModelConfig]
 
 
+def replica_spec(cfg: DeploymentConfig, configs: dict[str, Any], kv_cache_bytes: int | None = None) -> ReplicaSpec:
+    """The :class:`ReplicaSpec` of a one-device deployment, for its models' ``configs``
+    (``ModelConfig``, or anything with a ``kv_spec``). ``kv_cache_bytes`` overrides
+    ``cfg.kv_cache_memory`` (needed when that is None: sized from free GPU memory).
+
+    Raises:
+        ValueError: no KV size, or invalid sizes.
+    """
+    if kv_cache_bytes is None:
+        if cfg.kv_cache_memory is None:
+            raise ValueError("kv_cache_memory is required on CPU (for example '2GiB')")
+        kv_cache_bytes = parse_bytes(cfg.kv_cache_memory)
+    return ReplicaSpec(
+        models=tuple(ReplicaModel(n, c.kv_spec) for n, c in configs.items()), kv_cache_bytes=kv_cache_bytes,
+        device=cfg.device, page_size_bytes=cfg.page_size_bytes, swap_space_bytes=parse_bytes(cfg.swap_space),
+        scheduler=SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.preemption_mode),
+        scheduling_policy=cfg.scheduling_policy, policy_options=cfg.policy_options, profiles_path=cfg.profiles_path)
+
+
 def build_engine(cfg: DeploymentConfig) -> EngineStack:
-    """Load every model, size the unified KV pool and assemble the ``ReplicaCore``.
+    """Load every model and build the replica (:func:`seallm.engine.replica.build_replica`)
+    around a torch ``ModelExecutor``.
 
     Raises:
         seallm.models.CheckpointError: unsupported or malformed checkpoint.
@@ -260,37 +302,26 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
     from seallm.worker.executor import ModelExecutor
 
     configs = {m.name: load_model_config(m.path, m.dtype) for m in cfg.models}
-    page = cfg.page_size_bytes or default_page_size_bytes([c.kv_spec for c in configs.values()])
     dev = torch.device(cfg.device)
     models = {}
     for n, c in configs.items():
         models[n] = load_model(c)
         if dev.type != "cpu":
             move_model(models[n], dev)
-    if cfg.kv_cache_memory is None:
-        if dev.type != "cuda":
-            raise ValueError("kv_cache_memory is required on CPU (for example '2GiB')")
+    budget = None
+    if cfg.kv_cache_memory is None and dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
         budget = int(free * cfg.gpu_memory_utilization)
-    else:
-        budget = parse_bytes(cfg.kv_cache_memory)
-    num_pages = budget // page
-    if num_pages < 1:
-        raise ValueError(f"kv_cache_memory={cfg.kv_cache_memory!r} is smaller than one page ({page} bytes)")
-    host_pages = parse_bytes(cfg.swap_space) // page if cfg.preemption_mode == "swap" else 0
-    kv = KVCacheManager(PagePool(num_pages, page), PagePool(host_pages, page) if host_pages else None)
-    for n, c in configs.items():
-        kv.add_model(n, c.kv_spec)
-    tpp = {n: kv.tokens_per_page(n) for n in configs}
-    executor = ModelExecutor(models, num_pages, page, tpp, dev, num_host_pages=host_pages)
-    policy = make_policy(cfg.scheduling_policy, cfg.policy_options)
-    if cfg.profiles_path and os.path.exists(cfg.profiles_path) and hasattr(policy, "load_profiles"):
-        logger.info("seallm: service profiles of %s loaded from %s", policy.load_profiles(cfg.profiles_path),
-                    cfg.profiles_path)
-    scheduler = Scheduler(kv, policy, SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs,
-                                                      cfg.preemption_mode))
-    core = ReplicaCore(scheduler, executor, WallClock())
+    spec = replica_spec(cfg, configs, budget)
+
+    def executor(layout: ReplicaLayout) -> ModelExecutor:
+        return ModelExecutor(models, layout.num_pages, layout.page_size_bytes, dict(layout.tokens_per_page), dev,
+                             num_host_pages=layout.num_host_pages)
+
+    rep = build_replica(spec, executor, WallClock())
+    lay = rep.layout
     logger.info("seallm: %d model(s) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s; "
-                "preemption %s%s", len(configs), cfg.device, num_pages, page, tpp, cfg.scheduling_policy,
-                cfg.preemption_mode, f" ({host_pages} host pages)" if host_pages else "")
-    return EngineStack(core, kv, scheduler, configs)
+                "preemption %s%s", len(configs), cfg.device, lay.num_pages, lay.page_size_bytes,
+                dict(lay.tokens_per_page), cfg.scheduling_policy, cfg.preemption_mode,
+                f" ({lay.num_host_pages} host pages)" if lay.num_host_pages else "")
+    return EngineStack(rep.core, rep.kv, rep.scheduler, configs)

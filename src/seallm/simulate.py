@@ -84,8 +84,8 @@ def sim_config_from_args(args: argparse.Namespace):
     """(deployment, list of SimConfig, one per policy) from the command line. Raises ``ValueError``."""
     from seallm.cli import _parse_models
     from seallm.cost import DEVICES, RooflineCostModel, measure_local_cpu
-    from seallm.deploy import deployment_from
-    from seallm.kv import default_page_size_bytes, parse_bytes
+    from seallm.deploy import deployment_from, replica_spec
+    from seallm.kv import parse_bytes
     from seallm.models.config import load_model_config
     from seallm.profiling import model_shape
     from seallm.sched import SchedulerConfig
@@ -114,10 +114,11 @@ def sim_config_from_args(args: argparse.Namespace):
     for name, cfg in configs.items():
         cost = load_cost_profile(profiles[name], name) if name in profiles else RooflineCostModel(model_shape(cfg), device)
         sims.append(SimModel(name, cfg.kv_spec, cost))
-    page = dep.page_size_bytes or default_page_size_bytes([c.kv_spec for c in configs.values()])
     if dep.kv_cache_memory is None:
         raise ValueError("give --kv-cache-memory (the simulator cannot read free GPU memory)")
-    pages = parse_bytes(dep.kv_cache_memory) // page
+    spec = replica_spec(dep, configs)  # the server's pool sizing rules
+    page = spec.page_bytes
+    pages = spec.kv_cache_bytes // page
     if pages < 1:
         raise ValueError(f"kv_cache_memory={dep.kv_cache_memory!r} is smaller than one page ({page} bytes)")
     policies = args.scheduling_policy or [dep.scheduling_policy]

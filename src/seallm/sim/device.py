@@ -16,9 +16,9 @@ from seallm.bench.records import RequestRecord
 from seallm.bench.workload import BenchRequest
 from seallm.core import ManualClock, Request, SamplingParams
 from seallm.cost import CostModel
-from seallm.engine.core import ReplicaCore
-from seallm.kv import KVCacheManager, KVSpec, PagePool
-from seallm.sched import Scheduler, SchedulerConfig, SchedulingPolicy
+from seallm.engine.replica import ReplicaModel, ReplicaSpec, build_replica
+from seallm.kv import KVSpec
+from seallm.sched import SchedulerConfig, SchedulingPolicy
 from seallm.sim.executor import CostModelExecutor
 
 
@@ -73,13 +73,13 @@ def simulate_device(
             whole KV pool (the scheduler's own check), or ``max_steps`` exceeded.
     """
     clock = ManualClock(0.0)
-    kv = KVCacheManager(PagePool(kv_pages, page_size_bytes),
-                        PagePool(swap_pages, page_size_bytes) if swap_pages > 0 else None)
-    for m in models:
-        kv.add_model(m.name, m.kv_spec)
-    executor = CostModelExecutor({m.name: m.cost_model for m in models}, clock, page_size_bytes, swap_bandwidth)
-    scheduler = Scheduler(kv, policy, scheduler_config or SchedulerConfig())
-    core = ReplicaCore(scheduler, executor, clock)
+    spec = ReplicaSpec(models=tuple(ReplicaModel(m.name, m.kv_spec) for m in models),
+                       kv_cache_bytes=kv_pages * page_size_bytes, device="simulated", page_size_bytes=page_size_bytes,
+                       swap_space_bytes=swap_pages * page_size_bytes, scheduler=scheduler_config or SchedulerConfig())
+    costs = {m.name: m.cost_model for m in models}
+    replica = build_replica(spec, lambda layout: CostModelExecutor(costs, clock, layout.page_size_bytes,
+                                                                   swap_bandwidth), clock, policy=policy)
+    core, scheduler, executor = replica.core, replica.scheduler, replica.core.executor
 
     order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
     token_times: dict[str, list[float]] = {}
