@@ -45,6 +45,7 @@ def test_scheduler_simulator_and_cost_layers_are_torch_free():
     code = (
         "import sys\n"
         "import seallm.core, seallm.kv, seallm.cost, seallm.sched, seallm.engine.core, seallm.sim, seallm.sim.runner\n"
+        "import seallm.engine.loop, seallm.engine.replica, seallm.engine.requests\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
