@@ -5,7 +5,8 @@ space 2 GiB, swap preemption for both policies, 512-token iterations): ``a`` is 
 shaped (512 KiB of KV per token), ``b`` Qwen2-7B shaped (GQA, 56 KiB per token).
 Workloads: ``long-prompt`` (synthetic Poisson arrivals, arXiv-summarization lengths for both
 services: prompts of 1-4k tokens) and ``azure`` (the Azure 2023 chat -> a and code -> b
-traces from trace second 600, not used to tune the scheduler). The capacity of a workload is
+traces from trace second 600) and ``bursty`` (Gamma arrivals with CV 3, ShareGPT lengths);
+``bursty`` was not used to tune the scheduler. The capacity of a workload is
 measured first: the total output throughput of FCFS at a heavy load (rate x8 of the base
 rate); the sweep then runs loads of 0.5x to 4x that capacity (the offered output tokens/s
 over capacity), the same requests for both policies at each load and seed. Writes
@@ -46,6 +47,9 @@ def workload(name: str, rate_scale: float, seed: int):
     if name == "long-prompt":
         w = SyntheticWorkload(("a", "b"), total_rate=1.0, duration_s=60.0, rate_scale=rate_scale,
                               length_dists=(("*", "arxiv"),))
+    elif name == "bursty":  # holdout: not used to tune the scheduler
+        w = SyntheticWorkload(("a", "b"), total_rate=2.0, duration_s=60.0, rate_scale=rate_scale,
+                              arrival="gamma", cv=3.0, length_dists=(("*", "sharegpt"),))
     elif name == "azure":
         w = AzureWorkload((("chat", "a"), ("code", "b")), window_start_s=600.0, duration_s=60.0,
                           rate_scale=rate_scale, lengths=LengthConfig(max_output_len=2048))
@@ -72,7 +76,7 @@ def offered(reqs) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workloads", nargs="+", default=["long-prompt", "azure"])
+    ap.add_argument("--workloads", nargs="+", default=["long-prompt", "azure", "bursty"])
     ap.add_argument("--loads", nargs="+", type=float, default=[0.5, 1.0, 1.5, 2.0, 3.0, 4.0],
                     help="offered load as a multiple of the measured capacity")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])

@@ -363,3 +363,22 @@ def test_a_request_is_never_preempted_before_it_progressed(host_pages):
     assert sched.num_preemptions > 0
     assert {k: r.output_token_ids for k, r in got.items()} == {k: r.output_token_ids for k, r in ref.items()}
     assert all(r.num_preemptions <= r.num_output_tokens for r in got.values())
+
+
+def test_max_model_skips_bounds_how_long_a_model_is_passed_over():
+    """With max_model_skips=1 the long request's model keeps every other iteration while the
+    short one of the other model runs (the default, None, gives the short one all of them)."""
+    core = make(seallm(max_model_skips=1), max_seqs=1)
+    arrivals = [req("A-long", "a", max_tokens=200, t=0.0), req("B-short", "b", max_tokens=4, t=0.3)]
+    _, reqs = drive(core, arrivals)
+    b = reqs["B-short"]
+    between = [p.model for i, p in enumerate(core.executor.plans) if b.arrival_time <= i * STEP < b.finish_time - 1e-9]
+    assert all(x != y for x, y in zip(between, between[1:])), between
+
+
+def test_knob_validation():
+    with pytest.raises(ValueError):
+        SeaLLMConfig(max_model_skips=0)
+    with pytest.raises(ValueError):
+        SchedulerConfig(preemption_limit=0)
+    assert SchedulerConfig().preemption_limit == 1

@@ -197,7 +197,7 @@ class Scheduler:
         victims, gain, host_free = [], 0, self.kv.host_pool.num_free
         cands = sorted((v for q in self.running.values() for v in q
                         if v.num_computed_tokens > 0 and v.request_id not in spared
-                        and v.request_id not in self._protected),
+                        and v.request_id not in self._protected and not self._spent(v)),
                        key=lambda v: key(v, now), reverse=True)
         for v in cands:
             if gain >= short:
@@ -247,6 +247,9 @@ class Scheduler:
         running requests beyond the first ``max_num_seqs``, so pages are never held by
         requests that cannot run. Hence every preemption of a request follows at least one
         new token of it since it last got pages: preemptions <= output tokens, per request.
+        (5) A request preempted ``preemption_limit`` times is no longer another's victim
+        (only its own failure to grow, with nothing evictable, gives its pages back), so the
+        longest, lowest-priority requests are not swapped out over and over (the P99 tail).
         """
         cfg = self.config
         key = self.policy.priority_key
@@ -303,7 +306,7 @@ class Scheduler:
                 # A running request that must grow may evict others by swap or recompute (a
                 # waiting one only by swap, above: recomputing a victim's whole context to
                 # admit a new request thrashes).
-                victim = self._pick_victim(scheduled | self._protected | {r.request_id}, now)
+                victim = self._pick_victim(scheduled | self._protected | {r.request_id}, now, spare_spent=True)
                 if victim is None or key(victim, now) <= rk:
                     break
                 self._preempt(victim)
@@ -348,10 +351,17 @@ class Scheduler:
             num_output_tokens=r.num_output_tokens,
         )
 
-    def _pick_victim(self, exclude: set[str], now: float) -> Request | None:
-        """Lowest-priority running request of the device (any model) not in ``exclude``."""
+    def _spent(self, r: Request) -> bool:
+        """``r`` has been preempted ``preemption_limit`` times: no longer another's victim."""
+        limit = self.config.preemption_limit
+        return limit is not None and r.num_preemptions >= limit
+
+    def _pick_victim(self, exclude: set[str], now: float, spare_spent: bool = False) -> Request | None:
+        """Lowest-priority running request of the device (any model) not in ``exclude``
+        (nor, with ``spare_spent``, one that reached the preemption limit)."""
         key = self.policy.priority_key
-        cands = [r for q in self.running.values() for r in q if r.request_id not in exclude]
+        cands = [r for q in self.running.values() for r in q
+                 if r.request_id not in exclude and not (spare_spent and self._spent(r))]
         return max(cands, key=lambda r: key(r, now)) if cands else None
 
     def _preempt(self, r: Request) -> None:

@@ -17,6 +17,12 @@ paper's listing is not available:
    follows its most urgent request's class ``(effective API class, level)``: a model with
    undemoted work goes before one whose requests were all demoted; models tied on the class
    take turns (ranking models by the full key starves the other models' decode batches).
+   Among models tied on the effective API class, one with runnable work that other models
+   have passed over for ``max_model_skips`` iterations in a row goes first whatever its level
+   (off by default: with 1 they take turns one iteration each, as under FCFS, so a model
+   left with only demoted long requests decodes them at FCFS's pace instead of only when
+   the others run dry, the P99 tail at low load; but that gives up cross-model priority and
+   the normalized-latency gain, see README "Overload").
 3. After each iteration in which a request ran, its attained service grows by the work done
    for it, in the units of Ê: its prefill tokens x the profile's prefill time per token, or
    one iteration time for a decode token (``accounting="work"``, the default; the
@@ -26,16 +32,19 @@ paper's listing is not available:
    doubles (fixed-budget ablation: stays B).
 4. Aging (MLFQ priority boost, extended across API priorities; our design): each stretch of
    ``aging_interval_s`` a request spends without running adds one boost (optionally also a
-   stretch of ``aging_factor`` x its current budget), and each boost lifts it one API-priority
+   stretch of ``aging_factor`` x its current budget: a bound on slowdown; off by default
+   because it also boosts every fresh short request that waits a few iterations, which
+   voids the bound below across API priorities), and each boost lifts it one API-priority
    class (in level order: one level first, then classes). A demotion takes one boost back,
    so a boosted request keeps its lead for one budget of work. The bound: a request of API
    priority p that has waited k intervals has class p - k, on every model; after
    (p - q) intervals it ties with every request of API priority q that has not itself waited
-   an interval (its model then gets every other iteration), after (p - q + 1) it is ahead of
-   all of them: its model runs first, it takes the first seat, and no lower request of any
+   an interval nor been boosted by ``aging_factor`` (its model then gets every other
+   iteration), after (p - q + 1) it is ahead of all of them: its model runs first, it takes the first seat, and no lower request of any
    model is admitted into the pages it waits for (the scheduler reserves them), so it starts
    as soon as pages are free (at once when they are, or when swap room lets it swap lower
-   requests out), at the latest when the requests running at that moment finish. Against
+   requests out; requests that reached the scheduler's ``preemption_limit`` are not swapped
+   out for it), at the latest when the requests running at that moment finish. Against
    fresh work of its own API priority that is one interval. Requests that waited too (a
    backlog of the same age) are not overtaken by it, so under a backlog the bound grows by
    the time to serve the requests that outrank it and waited at least as long.
@@ -75,6 +84,9 @@ class SeaLLMConfig:
             requests of the device's other models wait too, so the interval is in wall time).
         aging_factor: a wait of this many times the request's current budget also boosts it
             (None: off). Bounds slowdown, not only absolute waiting.
+        max_model_skips: among models tied on the effective API class, a model with runnable
+            work that others have passed over for this many iterations in a row goes first
+            regardless of level (None: by level only).
         use_request_priority: order first by the API's ``priority`` (lower first), then by DB.
         demotion_order: ``"budget"`` (a demoted request keeps competing by its remaining
             doubled budget) or ``"level"`` (strict MLFQ: any lower level runs first).
@@ -94,6 +106,7 @@ class SeaLLMConfig:
     preemption: bool = True
     aging_interval_s: float | None = 30.0
     aging_factor: float | None = None
+    max_model_skips: int | None = None
     use_request_priority: bool = True
     accounting: str = "work"
     demotion_order: str = "budget"
@@ -107,6 +120,8 @@ class SeaLLMConfig:
             raise ValueError("aging_interval_s must be positive or None")
         if self.aging_factor is not None and self.aging_factor <= 0:
             raise ValueError("aging_factor must be positive or None")
+        if self.max_model_skips is not None and self.max_model_skips < 1:
+            raise ValueError("max_model_skips must be >= 1 or None")
         if self.agnostic_budget_s <= 0:
             raise ValueError("agnostic_budget_s must be positive")
         if self.refit_every_steps is not None and self.refit_every_steps < 1:
@@ -223,9 +238,17 @@ class SeaLLMPolicy(SchedulingPolicy):
         """The model whose most urgent runnable request has the best class (API priority,
         aging boosts, level) runs next; models tied on that take turns (least recently run
         first), so fresh requests of every service progress while demoted ones yield across
-        models."""
+        models; within an API class a model passed over for ``max_model_skips`` iterations
+        goes first."""
         best = {m: min(self._class(r, now) for r in rs) for m, rs in runnable.items()}
-        return sorted(runnable, key=lambda m: (best[m], self._last_run.get(m, -1)))
+        skips = self.config.max_model_skips
+
+        def rank(m: str) -> tuple:
+            last = self._last_run.get(m, -1)
+            overdue = skips is not None and self._steps - last >= skips
+            return (best[m][0], not overdue, best[m], last)
+
+        return sorted(runnable, key=rank)
 
     def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
         self._steps += 1
