@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 
 from fastapi import FastAPI, Request
@@ -52,6 +53,14 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         metrics = ServerMetrics(list(models), ready.scheduling_policy, ready.num_pages, cfg.preemption_mode)
         app.state.engine = engine
         app.state.metrics = metrics
+        engine.on_restart.append(metrics.engine_restarts.inc)
+
+        def _restarted(r) -> None:  # same models; the KV pool may be sized anew from free memory
+            for info in r.models:
+                models[info.name].info = info
+            metrics.kv_total.set(r.num_pages)
+
+        engine.on_ready.append(_restarted)
         from seallm.core import SLO
 
         slo_classes = {c.name: SLO(c.ttft, c.tpot, c.e2e) for c in cfg.slo_classes}
@@ -98,9 +107,22 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
 
     @app.get("/health")
     async def health(request: Request):
-        if not request.app.state.engine.alive:
-            return JSONResponse(error_body("engine is not running", 503), status_code=503)
-        return Response(status_code=200)
+        # 200 {"status": "ok"}; 503 {"status": "restarting" | "failed" | "stopped", "error": {OpenAI error}}
+        engine = request.app.state.engine
+        body = {"status": "ok", "engine_restarts": engine.restarts}
+        if engine.alive:
+            return JSONResponse(body)
+        status = engine.status if engine.status in ("failed", "stopped") else "restarting"
+        message = {"restarting": "the engine process died; the server is restarting it",
+                   "failed": "the engine process died and could not be restarted; restart the server",
+                   "stopped": "the server is shutting down"}[status]
+        body.update(status=status, last_engine_exit=engine.last_death, error=error_body(message, 503)["error"])
+        headers = None
+        if status == "restarting":
+            retry = math.ceil(engine.retry_after() or 1)
+            body["retry_after_s"] = retry
+            headers = {"Retry-After": str(retry)}
+        return JSONResponse(body, status_code=503, headers=headers)
 
     @app.get("/version")
     async def version():

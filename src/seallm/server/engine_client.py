@@ -1,4 +1,11 @@
-"""Front-end side of the engine process: spawn it, send requests, route outputs to waiters."""
+"""Front-end side of the engine process: spawn it, send requests, route outputs to waiters,
+and restart it when it dies (supervision).
+
+Each engine process ("incarnation") gets its own pair of ``ipc://`` sockets; when it dies they
+are closed and their files removed, so nothing the old process sent (or anything queued for
+it) can reach the next one, and outputs are routed only by the reader of the current
+incarnation.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,14 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import tempfile
+import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
 import msgspec
 import zmq
 import zmq.asyncio
@@ -19,9 +31,20 @@ from seallm.engine.messages import (AbortRequests, AddRequest, Delta, EngineErro
 
 logger = logging.getLogger("seallm.server")
 
+# EngineClient.status values
+STARTING, OK, RESTARTING, FAILED, STOPPED = "starting", "ok", "restarting", "failed", "stopped"
+
 
 class EngineDeadError(RuntimeError):
-    """The engine process exited."""
+    """The engine process is not running (dead, being restarted, or given up on).
+
+    ``retry_after`` is a hint in seconds for a ``Retry-After`` header (None: do not retry,
+    the supervisor gave up).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -38,79 +61,202 @@ class EngineState:
     kv_pages_free: int = 0
 
 
-class EngineClient:
-    """Runs one engine-core process and talks to it over ZeroMQ (``ipc://`` sockets).
+class RestartPolicy:
+    """Bounded restarts with exponential backoff.
 
-    Outputs are routed to per-HTTP-request queues as ``(index, Delta)`` pairs, so one HTTP
-    request with several prompts or ``n > 1`` reads a single queue.
+    At most ``max_restarts`` restarts within any ``window_s`` seconds; the n-th restart of a
+    window waits ``min(backoff_max_s, backoff_s * 2**(n-1))`` before it spawns the engine.
     """
 
-    def __init__(self, cfg: DeploymentConfig) -> None:
+    def __init__(self, max_restarts: int = 5, window_s: float = 600.0, backoff_s: float = 1.0,
+                 backoff_max_s: float = 30.0) -> None:
+        self.max_restarts, self.window_s = max_restarts, window_s
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
+        self._times: deque[float] = deque()
+
+    @classmethod
+    def from_config(cls, cfg: DeploymentConfig) -> "RestartPolicy":
+        return cls(cfg.engine_restart_max, cfg.engine_restart_window_s, cfg.engine_restart_backoff_s,
+                   cfg.engine_restart_backoff_max_s)
+
+    def next_delay(self, now: float) -> float | None:
+        """Seconds to wait before the next restart (recorded as made at ``now``), or None when
+        the budget of the window is spent."""
+        while self._times and now - self._times[0] >= self.window_s:
+            self._times.popleft()
+        if len(self._times) >= self.max_restarts:
+            return None
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** len(self._times))
+        self._times.append(now)
+        return delay
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _identity(r: Ready) -> tuple:
+    """What a restarted engine must serve exactly as before (KV capacity may differ when the
+    pool is sized from free GPU memory)."""
+    return (tuple((m.name, m.path, m.architecture, m.max_model_len, m.vocab_size) for m in r.models),
+            r.scheduling_policy, r.page_size_bytes)
+
+
+class EngineClient:
+    """Runs one engine-core process, talks to it over ZeroMQ (``ipc://`` sockets) and restarts
+    it when it dies, per ``cfg``'s ``engine_restart_*`` policy.
+
+    Outputs are routed to per-HTTP-request queues as ``(index, Delta)`` pairs, so one HTTP
+    request with several prompts or ``n > 1`` reads a single queue. When the engine dies, every
+    routed request gets a final delta with ``error_status=503``.
+
+    ``status`` is one of "starting", "ok" (serving), "restarting" (dead; a restart is pending
+    or under way), "failed" (restart budget spent; stays so until the server is restarted) or
+    "stopped" (shut down).
+    """
+
+    def __init__(self, cfg: DeploymentConfig, policy: RestartPolicy | None = None) -> None:
         self.cfg = cfg
         self.ready: Ready | None = None
         self.state = EngineState()
+        self.status = STARTING
+        self.restarts = 0  # restart attempts so far (successful or not)
+        self.last_death: str | None = None  # why the last engine process ended
+        self.retry_at: float | None = None  # loop time of the next restart attempt, while "restarting"
+        self.on_restart: list[Callable[[], None]] = []  # called at each restart attempt
+        self.on_ready: list[Callable[[Ready], None]] = []  # called when a restarted engine is ready
+        self.start_timeout = 600.0
+        self.policy = policy or RestartPolicy.from_config(cfg)
         self._routes: dict[str, _Route] = {}
         self._dir = tempfile.mkdtemp(prefix="seallm-")
-        tag = uuid.uuid4().hex[:8]
-        self.in_addr = f"ipc://{os.path.join(self._dir, f'in-{tag}')}"
-        self.out_addr = f"ipc://{os.path.join(self._dir, f'out-{tag}')}"
         self._ctx = zmq.asyncio.Context()
-        self._push = self._ctx.socket(zmq.PUSH)
-        self._push.bind(self.in_addr)
-        self._pull = self._ctx.socket(zmq.PULL)
-        self._pull.bind(self.out_addr)
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(FromEngine)
+        self._push: zmq.asyncio.Socket | None = None
+        self._pull: zmq.asyncio.Socket | None = None
+        self.in_addr = self.out_addr = ""
+        self._gen = 0  # incarnation number; a reader delivers only while its number is current
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._reader: asyncio.Task | None = None
+        self._supervisor: asyncio.Task | None = None
+        self._closing = False
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        """The engine is serving: started, ready and its process running."""
+        return self.status == OK and self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def retry_after(self) -> float | None:
+        """Seconds a client should wait before retrying (None once the supervisor gave up)."""
+        if self.status == FAILED or self.status == STOPPED:
+            return None
+        if self.retry_at is not None:
+            return max(1.0, self.retry_at - asyncio.get_running_loop().time())
+        return 1.0
 
     async def start(self, timeout: float = 600.0) -> Ready:
-        """Spawn the engine and wait until it has loaded the models.
+        """Spawn the engine, wait until it has loaded the models, then supervise it.
 
         Raises:
             RuntimeError: the engine failed to start (message from the engine) or timed out.
         """
+        self.start_timeout = timeout
+        self.ready = await self._spawn(timeout)
+        self.status = OK
+        self._supervisor = asyncio.create_task(self._supervise(), name="seallm-engine-supervisor")
+        return self.ready
+
+    # ---- one incarnation ------------------------------------------------------------------
+    def _open_sockets(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.in_addr = f"ipc://{os.path.join(self._dir, f'in-{tag}')}"
+        self.out_addr = f"ipc://{os.path.join(self._dir, f'out-{tag}')}"
+        self._push = self._ctx.socket(zmq.PUSH)
+        self._push.bind(self.in_addr)
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.bind(self.out_addr)
+
+    def _close_sockets(self) -> None:
+        for s in (self._push, self._pull):
+            if s is not None:
+                s.close(linger=0)
+        self._push = self._pull = None
+        for f in os.listdir(self._dir):
+            try:
+                os.unlink(os.path.join(self._dir, f))
+            except OSError:
+                pass
+
+    async def _spawn(self, timeout: float) -> Ready:
+        """Start one engine process on fresh sockets and wait for its Ready.
+
+        Raises:
+            RuntimeError: it failed to start; its process and sockets are cleaned up.
+        """
         from seallm.server.engine_process import engine_main
 
+        self._gen += 1
+        self._open_sockets()
         mp = multiprocessing.get_context("spawn")
         self._proc = mp.Process(target=engine_main, args=(self.cfg, self.in_addr, self.out_addr),
                                 name="seallm-engine", daemon=True)
         self._proc.start()
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            if await self._pull.poll(timeout=200):
-                msg = self._dec.decode(await self._pull.recv())
-                if isinstance(msg, EngineError):
-                    self._proc.join(5)
-                    raise RuntimeError(f"engine failed to start: {msg.message}")
-                if isinstance(msg, Ready):
-                    self.ready = msg
-                    break
-            if not self._proc.is_alive():
-                raise RuntimeError(f"engine process exited during start-up (exit code {self._proc.exitcode})")
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError("engine did not become ready in time")
-        self._reader = asyncio.create_task(self._read_outputs())
-        return self.ready
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                if await self._pull.poll(timeout=200):
+                    msg = self._dec.decode(await self._pull.recv())
+                    if isinstance(msg, EngineError):
+                        raise RuntimeError(f"engine failed to start: {msg.message}")
+                    if isinstance(msg, Ready):
+                        ready = msg
+                        break
+                if not self._proc.is_alive():
+                    raise RuntimeError("engine process exited during start-up "
+                                       f"({_describe_exit(self._proc.exitcode)})")
+                if loop.time() > deadline:
+                    raise RuntimeError("engine did not become ready in time")
+        except BaseException:
+            await self._reap()
+            self._close_sockets()
+            raise
+        self._reader = asyncio.create_task(self._read_outputs(self._pull, self._gen), name="seallm-engine-reader")
+        return ready
 
-    async def _read_outputs(self) -> None:
+    async def _reap(self) -> None:
+        """Make sure the current engine process is gone and joined (no zombie)."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.terminate()
+            await asyncio.to_thread(proc.join, 5)
+            if proc.is_alive():
+                proc.kill()
+        await asyncio.to_thread(proc.join, 5)
+
+    async def _read_outputs(self, pull: zmq.asyncio.Socket, gen: int) -> None:
         while True:
             try:
-                if not await self._pull.poll(timeout=1000):
-                    if not self.alive:
-                        self._fail_all("the engine process exited")
-                        return
-                    continue
-                msg = self._dec.decode(await self._pull.recv())
-            except asyncio.CancelledError:
+                msg = self._dec.decode(await pull.recv())
+            except (asyncio.CancelledError, zmq.ZMQError):
                 return
-            except zmq.ZMQError:
-                return
-            if not isinstance(msg, EngineOutputs):
+            except msgspec.DecodeError:
+                logger.error("dropped an engine message the front end cannot decode")
+                continue
+            if gen != self._gen or not isinstance(msg, EngineOutputs):
                 continue
             if msg.stats is not None:
                 self.state.stats = msg.stats
@@ -123,21 +269,121 @@ class EngineClient:
                 if route is not None:
                     route.queue.put_nowait((route.index, d))
 
-    def _fail_all(self, why: str) -> None:
-        for rid, route in list(self._routes.items()):
-            route.queue.put_nowait((route.index, Delta(rid, [], finish_reason="abort", error=why)))
-        self._routes.clear()
+    def _fail_all(self, why: str, status: int = 503) -> None:
+        routes, self._routes = self._routes, {}
+        for rid, route in routes.items():
+            route.queue.put_nowait((route.index, Delta(rid, [], finish_reason="abort", error=why,
+                                                       error_status=status)))
+
+    # ---- supervision ----------------------------------------------------------------------
+    async def _wait_exit(self, proc: multiprocessing.process.BaseProcess) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        try:
+            loop.add_reader(proc.sentinel, lambda: done.done() or done.set_result(None))
+        except (NotImplementedError, ValueError, OSError):  # no fd watching: poll
+            while proc.is_alive():
+                await asyncio.sleep(0.2)
+            return
+        try:
+            await done
+        finally:
+            loop.remove_reader(proc.sentinel)
+
+    async def _bury(self) -> str:
+        """After the engine died: fail its requests, close its sockets, reap it; returns why."""
+        proc = self._proc
+        await self._reap()
+        why = _describe_exit(proc.exitcode if proc is not None else None)
+        self._gen += 1  # the old reader delivers nothing from now on
+        self._fail_all(f"the engine process died ({why}); the server is restarting it, retry later")
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        self._close_sockets()
+        self.state = EngineState()
+        if proc is not None:
+            proc.close()
+        self._proc = None
+        return why
+
+    async def _supervise(self) -> None:
+        try:
+            await self._supervise_loop()
+        except Exception:  # a bug here must not leave the server "restarting" forever
+            logger.critical("engine supervisor failed; the server answers 503 until restarted", exc_info=True)
+            self.status, self.retry_at = FAILED, None
+
+    async def _supervise_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wait_exit(self._proc)
+            if self._closing:
+                return
+            self.status = RESTARTING
+            n = len(self._routes)
+            why = self.last_death = await self._bury()
+            logger.error("engine process died (%s); %d in-flight request(s) failed with 503", why, n)
+            while True:
+                delay = self.policy.next_delay(time.monotonic())
+                if delay is None:
+                    self.status, self.retry_at = FAILED, None
+                    logger.critical("engine: %d restarts within %.0f s (engine_restart_max); giving up. The "
+                                    "front end stays up and answers 503; restart the server once the cause "
+                                    "(last: %s) is fixed", self.policy.max_restarts, self.policy.window_s,
+                                    self.last_death)
+                    return
+                self.retry_at = loop.time() + delay
+                logger.warning("engine: restart %d in %.1f s", self.restarts + 1, delay)
+                await asyncio.sleep(delay)
+                self.restarts += 1
+                for cb in self.on_restart:
+                    cb()
+                try:
+                    ready = await self._spawn(self.start_timeout)
+                    if _identity(ready) != _identity(self.ready):
+                        raise RuntimeError(f"the restarted engine serves something else ({ready} instead of "
+                                           f"{self.ready})")
+                except Exception as e:  # noqa: BLE001 - a failed start (or spawn) counts as one restart
+                    self.last_death = str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
+                    logger.error("engine: restart %d failed: %s", self.restarts, e)
+                    await self._bury()
+                    continue
+                if ready != self.ready:  # same models, other KV capacity (pool sized from free memory)
+                    logger.warning("engine: the restarted engine has %d KV pages (was %d)", ready.num_pages,
+                                   self.ready.num_pages)
+                self.ready = ready
+                for cb in self.on_ready:
+                    cb(ready)
+                self.status, self.retry_at = OK, None
+                logger.warning("engine: restarted (restart %d, pid %d); serving again", self.restarts, self.pid)
+                break
+
+    # ---- requests -------------------------------------------------------------------------
+    def _unavailable(self) -> EngineDeadError:
+        if self.status == FAILED:
+            return EngineDeadError(f"the engine process died and could not be restarted ({self.last_death})",
+                                   None)
+        if self.status == STOPPED:
+            return EngineDeadError("the server is shutting down", None)
+        return EngineDeadError("the engine process is restarting", self.retry_after())
 
     async def add(self, req: AddRequest, queue: asyncio.Queue, index: int = 0) -> None:
         """Send a request; its deltas will arrive on ``queue`` as ``(index, Delta)``.
 
         Raises:
-            EngineDeadError: the engine process is gone.
+            EngineDeadError: the engine process is not serving (see ``status``).
         """
         if not self.alive:
-            raise EngineDeadError("the engine process is not running")
+            raise self._unavailable()
         self._routes[req.request_id] = _Route(queue, index)
-        await self._push.send(self._enc.encode(req))
+        fut = self._push.send(self._enc.encode(req))
+        if not fut.done():  # a socket closed under it (engine died) cancels it
+            await asyncio.wait({fut})
+        if fut.cancelled():
+            raise self._unavailable()
+        fut.result()
 
     def abort(self, request_ids: list[str], reason: str = "abort") -> None:
         """Abort requests (frees their KV pages in the engine); finished ids are ignored.
@@ -147,32 +393,34 @@ class EngineClient:
         """
         ids = [r for r in request_ids if self._routes.pop(r, None) is not None]
         if ids and self.alive:
-            self._push.send(self._enc.encode(AbortRequests(ids, reason)), flags=zmq.NOBLOCK)
+            try:
+                self._push.send(self._enc.encode(AbortRequests(ids, reason)), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:  # engine just died: its requests are gone with it
+                pass
 
     async def shutdown(self) -> None:
-        """Ask the engine to exit, then make sure it has."""
+        """Stop supervising, ask the engine to exit, then make sure it has."""
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
         if self._reader is not None:
             self._reader.cancel()
-        if self._proc is not None and self._proc.is_alive():
+        proc = self._proc
+        if proc is not None and proc.is_alive() and self._push is not None:
             try:
-                await self._push.send(self._enc.encode(Shutdown()))
-            except zmq.ZMQError:
+                await asyncio.wait_for(self._push.send(self._enc.encode(Shutdown())), 1.0)
+            except (zmq.ZMQError, asyncio.TimeoutError):
                 pass
             for _ in range(50):
-                if not self._proc.is_alive():
+                if not proc.is_alive():
                     break
                 await asyncio.sleep(0.1)
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(5)
-        self._push.close(linger=0)
-        self._pull.close(linger=0)
+        await self._reap()
+        self.status = STOPPED
+        self._fail_all("the server is shutting down")
+        self._close_sockets()
         self._ctx.term()
-        for f in os.listdir(self._dir):
-            try:
-                os.unlink(os.path.join(self._dir, f))
-            except OSError:
-                pass
         try:
             os.rmdir(self._dir)
         except OSError:

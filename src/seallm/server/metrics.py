@@ -41,6 +41,9 @@ class ServerMetrics:
                                "HTTP requests refused by admission control (429, the model's waiting queue full)",
                                lab, registry=r)
         self._seen: dict[tuple[str, str], int] = {}
+        self.engine_restarts = Counter("seallm:engine_restarts",  # exposed as seallm:engine_restarts_total
+                                       "Restarts of the engine process after it died (attempts, failed ones "
+                                       "included)", registry=r)
         self.kv_total = Gauge("seallm:kv_cache_pages_total", "Pages of the unified KV pool", registry=r)
         self.kv_total.set(num_pages)
         Info("seallm:scheduler", "Scheduling policy of the device", registry=r).info(
