@@ -154,13 +154,26 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        return await request.app.state.serving.completions(body, request)
+        return await _answer(request.app.state.serving.completions(body, request))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        return await request.app.state.serving.chat(body, request)
+        return await _answer(request.app.state.serving.chat(body, request))
 
     return app
+
+
+async def _answer(call):
+    """The route's response; a bug answers 500 in the OpenAI format *as a response*, so the
+    client's keep-alive connection stays usable (an exception escaping to Starlette's
+    error middleware would make the server drop the connection)."""
+    try:
+        return await call
+    except APIError as e:
+        return error_response(e)
+    except Exception as e:  # noqa: BLE001
+        logger.exception("unexpected error")
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}", 500), status_code=500)
 
 
 def _document_errors(app: FastAPI) -> None:

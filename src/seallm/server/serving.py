@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -270,8 +271,9 @@ class OpenAIServing:
                 for s in seqs:
                     await self.engine.add(AddRequest(s.request_id, s.model, s.prompt_ids, s.params, s.arrival,
                                                      req.priority, slo), queue, s.index)
-            except EngineDeadError as e:
-                raise APIError(f"{e}; retry later", 503, headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            except EngineDeadError as e:  # restarting (Retry-After), or given up (none)
+                headers = None if e.retry_after is None else {"Retry-After": str(max(1, math.ceil(e.retry_after)))}
+                raise APIError(str(e), 503, headers=headers) from None
             await self._admitted(seqs, queue)
         except BaseException:  # refused, engine gone, or the client left while waiting
             self._abort_unfinished(seqs)
@@ -296,7 +298,9 @@ class OpenAIServing:
         collect.result()
         failed = next((s for s in seqs if s.error), None)
         if failed is not None:
-            return JSONResponse(error_body(failed.error, failed.error_status), status_code=failed.error_status)
+            headers = {"Retry-After": str(RETRY_AFTER_S)} if failed.error_status in (429, 503) else None
+            return JSONResponse(error_body(failed.error, failed.error_status), status_code=failed.error_status,
+                                headers=headers)
         return JSONResponse(self._final_body(rid, created, req.model, seqs, chat))
 
     async def _admitted(self, seqs: list[_Seq], queue: asyncio.Queue) -> None:
