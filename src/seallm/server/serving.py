@@ -180,10 +180,13 @@ class OpenAIServing:
         if texts is not None:
             if m.tokenizer is None:
                 raise APIError(f"model {m.info.name!r} has no tokenizer; send token ids", 400, "prompt")
-            if sum(len(t) for t in texts) > _INLINE_TOKENIZE_CHARS:
-                ids_list = await self._off_loop(lambda: [m.tokenizer(t)["input_ids"] for t in texts])
-            else:
-                ids_list = [m.tokenizer(t)["input_ids"] for t in texts]
+            try:
+                if sum(len(t) for t in texts) > _INLINE_TOKENIZE_CHARS:
+                    ids_list = await self._off_loop(lambda: [m.tokenizer(t)["input_ids"] for t in texts])
+                else:
+                    ids_list = [m.tokenizer(t)["input_ids"] for t in texts]
+            except Exception as e:  # e.g. a lone surrogate: not encodable text
+                raise APIError(f"the prompt cannot be tokenized: {type(e).__name__}", 400, "prompt") from None
         return [self._checked(m, ids, "prompt") for ids in ids_list]
 
     def _checked(self, m: ServedModel, ids: Any, param: str) -> list[int]:
