@@ -400,7 +400,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of overload (default 60)")
     ap.add_argument("--capacity-duration", type=float, default=20.0, help="seconds of the capacity run")
-    ap.add_argument("--concurrency", type=int, default=16, help="closed-loop streams of the capacity run")
+    ap.add_argument("--concurrency", type=int, default=64,
+                    help="closed-loop streams of the capacity run (enough to saturate the batch)")
     ap.add_argument("--load-factor", type=float, default=2.0, help="overload arrival rate / capacity (default 2)")
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--min-prompt-len", type=int, default=16)
