@@ -81,6 +81,9 @@ class DeploymentConfig:
         engine_restart_backoff_s: wait before the first restart of a window (s); it doubles
             with each further restart in the window, up to ``engine_restart_backoff_max_s``.
         engine_restart_backoff_max_s: longest wait before a restart (s).
+        engine_hang_timeout_s: an engine process that sends nothing for this long while
+            alive (it reports at least every 0.25 s when idle, and after every iteration) is
+            taken as hung, killed and restarted like a dead one (s; None: never).
         host, port, api_key: HTTP front end.
     """
 
@@ -108,6 +111,7 @@ class DeploymentConfig:
     engine_restart_window_s: float = 600.0
     engine_restart_backoff_s: float = 1.0
     engine_restart_backoff_max_s: float = 30.0
+    engine_hang_timeout_s: float | None = 120.0
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -133,6 +137,10 @@ class DeploymentConfig:
             raise ValueError(f"chat_template_timeout_s must be > 0, got {self.chat_template_timeout_s!r}")
         if not isinstance(self.engine_restart_max, int) or self.engine_restart_max < 0:
             raise ValueError(f"engine_restart_max must be an integer >= 0, got {self.engine_restart_max!r}")
+        if self.engine_hang_timeout_s is not None and not (
+                isinstance(self.engine_hang_timeout_s, (int, float)) and 0 < self.engine_hang_timeout_s < float("inf")):
+            raise ValueError(f"engine_hang_timeout_s must be a positive number of seconds or null, got "
+                             f"{self.engine_hang_timeout_s!r}")
         for k in ("engine_restart_window_s", "engine_restart_backoff_s", "engine_restart_backoff_max_s"):
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf"):

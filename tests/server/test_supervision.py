@@ -162,3 +162,28 @@ def test_engine_that_cannot_restart_ends_failed_and_front_end_stays_up(checkpoin
     text = open(log).read()
     assert code == 0, text[-3000:]
     assert "giving up" in text
+
+
+def test_a_hung_engine_is_killed_and_restarted(checkpoints, tmp_path):
+    # SIGSTOP: the engine process is alive but silent; after engine_hang_timeout_s the
+    # supervisor kills it and restarts it like a dead one.
+    import yaml
+
+    cfg = {"models": [{"name": "llama", "path": checkpoints["llama"]}], "kv_cache_memory": "64MiB",
+           "engine_hang_timeout_s": 3, "engine_restart_backoff_s": 0.5}
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump(cfg))
+    log = str(tmp_path / "server.log")
+    proc, base = start_server({}, "--config", str(tmp_path / "deploy.yaml"), log_path=log)
+    try:
+        before = httpx.post(base + "/v1/completions", json=_GREEDY, timeout=60).json()["choices"][0]["text"]
+        old = _engine(proc)
+        old.send_signal(signal.SIGSTOP)
+        r = _wait_health(base, "restarting", timeout=30)
+        assert "hung" in r.json()["last_engine_exit"]
+        _wait_health(base, "ok", timeout=120)
+        assert _engine(proc).pid != old.pid
+        after = httpx.post(base + "/v1/completions", json=_GREEDY, timeout=60).json()["choices"][0]["text"]
+        assert after == before
+        assert _metric(base, "seallm:engine_restarts_total") == 1
+    finally:
+        assert stop_server(proc) == 0, open(log).read()[-3000:]

@@ -147,6 +147,8 @@ class EngineClient:
         self._reader: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._closing = False
+        self._last_output = time.monotonic()  # when the engine last sent anything
+        self.hang_timeout_s = cfg.engine_hang_timeout_s
 
     @property
     def alive(self) -> bool:
@@ -232,6 +234,7 @@ class EngineClient:
             await self._reap()
             self._close_sockets()
             raise
+        self._last_output = time.monotonic()
         self._reader = asyncio.create_task(self._read_outputs(self._pull, self._gen), name="seallm-engine-reader")
         return ready
 
@@ -258,6 +261,7 @@ class EngineClient:
                 continue
             if gen != self._gen or not isinstance(msg, EngineOutputs):
                 continue
+            self._last_output = time.monotonic()
             if msg.stats is not None:
                 self.state.stats = msg.stats
             self.state.kv_pages_free = msg.kv_pages_free
@@ -290,11 +294,31 @@ class EngineClient:
         finally:
             loop.remove_reader(proc.sentinel)
 
-    async def _bury(self) -> str:
+    async def _wait_exit_or_hang(self, proc: multiprocessing.process.BaseProcess) -> str | None:
+        """Until the engine process ends; if it sends nothing for ``hang_timeout_s`` while
+        alive, kill it (SIGKILL) first. Returns why it was killed, or None if it ended alone."""
+        exited = asyncio.ensure_future(self._wait_exit(proc))
+        if self.hang_timeout_s is None:
+            await exited
+            return None
+        tick = min(1.0, self.hang_timeout_s / 4)
+        while True:
+            done, _ = await asyncio.wait({exited}, timeout=tick)
+            if done:
+                return None
+            silent = time.monotonic() - self._last_output
+            if self.status == OK and not self._closing and silent > self.hang_timeout_s:
+                why = f"hung: sent nothing for {silent:.0f} s (engine_hang_timeout_s), killed"
+                logger.error("engine process %s %s", proc.pid, why)
+                proc.kill()
+                await exited
+                return why
+
+    async def _bury(self, why: str | None = None) -> str:
         """After the engine died: fail its requests, close its sockets, reap it; returns why."""
         proc = self._proc
         await self._reap()
-        why = _describe_exit(proc.exitcode if proc is not None else None)
+        why = why or _describe_exit(proc.exitcode if proc is not None else None)
         self._gen += 1  # the old reader delivers nothing from now on
         self._fail_all(f"the engine process died ({why}); the server is restarting it, retry later")
         if self._reader is not None:
@@ -318,12 +342,12 @@ class EngineClient:
     async def _supervise_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wait_exit(self._proc)
+            hung = await self._wait_exit_or_hang(self._proc)
             if self._closing:
                 return
             self.status = RESTARTING
             n = len(self._routes)
-            why = self.last_death = await self._bury()
+            why = self.last_death = await self._bury(hung)
             logger.error("engine process died (%s); %d in-flight request(s) failed with 503", why, n)
             while True:
                 delay = self.policy.next_delay(time.monotonic())
