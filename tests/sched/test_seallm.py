@@ -125,7 +125,7 @@ def test_no_starvation_under_sustained_overload(kw, bound):
 
 
 def test_without_aging_the_long_request_waits_for_the_overload_to_end():
-    core = make(seallm(aging_interval_s=None, aging_factor=None), max_seqs=1)
+    core = make(seallm(aging_interval_s=None, aging_factor=None, tail_guard_factor=None), max_seqs=1)
     arrivals = [req("long", max_tokens=60, t=0.0)]
     arrivals += [req(f"s{i}", max_tokens=3, t=0.05 + i * STEP * 3) for i in range(400)]
     order, reqs = drive(core, arrivals)
@@ -376,7 +376,33 @@ def test_max_model_skips_bounds_how_long_a_model_is_passed_over():
     assert all(x != y for x, y in zip(between, between[1:])), between
 
 
+def test_tail_guard_bounds_the_slowdown_of_a_demoted_request():
+    # Model b always has fresh short work; model a's long request is demoted after its first
+    # budget, so by level it would decode only when b runs dry (no aging by time here). The
+    # tail guard lifts it after g x its budget of waiting, at every level: it finishes within
+    # about (1 + 2g) x its own service time, long before the stream ends; fresh requests of
+    # b are never lifted (they are not demoted), so they still go first otherwise.
+    g = 1.0
+
+    def arrivals():
+        return [req("A-long", "a", max_tokens=200, t=0.0)] + [
+            req(f"s{i}", "b", max_tokens=3, t=0.05 + i * STEP) for i in range(1500)]
+
+    core = make(seallm(aging_interval_s=None, tail_guard_factor=g), max_seqs=4)
+    order, reqs = drive(core, arrivals())
+    long = reqs["A-long"]
+    service = 200 * STEP
+    assert long.finish_time - long.arrival_time <= (1 + 2 * g) * service + 0.5
+    assert order.index("A-long") < len(order) - 500
+    assert all(r.num_preemptions == 0 for r in reqs.values())
+    core = make(seallm(aging_interval_s=None, tail_guard_factor=None), max_seqs=4)
+    order, _ = drive(core, arrivals())
+    assert order[-1] == "A-long"
+
+
 def test_knob_validation():
+    with pytest.raises(ValueError):
+        SeaLLMConfig(tail_guard_factor=0)
     with pytest.raises(ValueError):
         SeaLLMConfig(max_model_skips=0)
     with pytest.raises(ValueError):

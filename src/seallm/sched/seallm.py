@@ -22,7 +22,8 @@ paper's listing is not available:
    (off by default: with 1 they take turns one iteration each, as under FCFS, so a model
    left with only demoted long requests decodes them at FCFS's pace instead of only when
    the others run dry, the P99 tail at low load; but that gives up cross-model priority and
-   the normalized-latency gain, see README "Overload").
+   the normalized-latency gain, see README "Overload"). The tail guard (rule 4) is the
+   milder form that is on by default.
 3. After each iteration in which a request ran, its attained service grows by the work done
    for it, in the units of Ê: its prefill tokens x the profile's prefill time per token, or
    one iteration time for a decode token (``accounting="work"``, the default; the
@@ -48,6 +49,17 @@ paper's listing is not available:
    fresh work of its own API priority that is one interval. Requests that waited too (a
    backlog of the same age) are not overtaken by it, so under a backlog the bound grows by
    the time to serve the requests that outrank it and waited at least as long.
+   Tail guard (bounded slowdown, our design; ``tail_guard_factor`` g): a request that was
+   demoted (level >= 1) or preempted adds up the wall time of the iterations it is not part
+   of; when that reaches g x its current budget it gets one boost (and the count restarts).
+   Its budget doubles per level, so in all it waits at most g x (sum of its budgets up to
+   its last level) < 2g x that level's budget < 4g x its size (about 2g x typically)
+   before it leads every fresh request, whichever model they belong to: the
+   slowdown stays within a constant, as FCFS's round robin gives it, where it would otherwise
+   decode only when the other models have no fresh work (low load) or sit swapped out until
+   an aging interval passes. Fresh (level-0, never preempted) requests are never lifted by
+   it, so the bound above holds against them; requests lifted by the guard count as
+   boosted there (they are a same-age backlog for it).
 5. Preemption at iteration boundaries: the ``max_num_seqs`` most urgent requests get the
    seats (others keep their KV pages and wait); decode tokens go first, then prefill chunks
    in priority order; under memory pressure the lowest-priority running request of the
@@ -87,6 +99,9 @@ class SeaLLMConfig:
         max_model_skips: among models tied on the effective API class, a model with runnable
             work that others have passed over for this many iterations in a row goes first
             regardless of level (None: by level only).
+        tail_guard_factor: a demoted or preempted request that has spent this many times its
+            current budget (s) not running is boosted once (None: off); fresh requests are
+            never boosted by it. Bounds the slowdown of long requests (rule 4).
         use_request_priority: order first by the API's ``priority`` (lower first), then by DB.
         demotion_order: ``"budget"`` (a demoted request keeps competing by its remaining
             doubled budget) or ``"level"`` (strict MLFQ: any lower level runs first).
@@ -107,6 +122,7 @@ class SeaLLMConfig:
     aging_interval_s: float | None = 30.0
     aging_factor: float | None = None
     max_model_skips: int | None = None
+    tail_guard_factor: float | None = 1.0
     use_request_priority: bool = True
     accounting: str = "work"
     demotion_order: str = "budget"
@@ -122,6 +138,8 @@ class SeaLLMConfig:
             raise ValueError("aging_factor must be positive or None")
         if self.max_model_skips is not None and self.max_model_skips < 1:
             raise ValueError("max_model_skips must be >= 1 or None")
+        if self.tail_guard_factor is not None and self.tail_guard_factor <= 0:
+            raise ValueError("tail_guard_factor must be positive or None")
         if self.agnostic_budget_s <= 0:
             raise ValueError("agnostic_budget_s must be positive")
         if self.refit_every_steps is not None and self.refit_every_steps < 1:
@@ -139,6 +157,8 @@ class _DBState:
     boost: int = 0
     attained_s: float = 0.0
     last_ran: float = 0.0
+    waited_s: float = 0.0
+    request: "Request | None" = None
 
 
 class SeaLLMPolicy(SchedulingPolicy):
@@ -156,6 +176,7 @@ class SeaLLMPolicy(SchedulingPolicy):
         if self.config.refit_every_steps is not None:
             import scipy.optimize  # noqa: F401  (imported now, not in the middle of serving)
         self._steps = 0
+        self._prev_now: float | None = None
 
     def profile(self, model: str) -> ServiceProfile:
         p = self.profiles.get(model)
@@ -205,7 +226,8 @@ class SeaLLMPolicy(SchedulingPolicy):
             budget = self.profile(request.model).estimate(request.num_prompt_tokens, c.output_quantile)
         else:
             budget = c.agnostic_budget_s
-        self._state[request.request_id] = _DBState(max(budget, 1e-6), last_ran=request.arrival_time)
+        self._state[request.request_id] = _DBState(max(budget, 1e-6), last_ran=request.arrival_time,
+                                                   request=request)
 
     def _st(self, request: "Request", now: float) -> _DBState:
         st = self._state.get(request.request_id)
@@ -252,6 +274,8 @@ class SeaLLMPolicy(SchedulingPolicy):
 
     def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
         self._steps += 1
+        dt = 0.0 if self._prev_now is None else max(now - self._prev_now, 0.0)
+        self._prev_now = now
         self._last_run[plan.model] = self._steps
         prefill = sum(s.num_tokens for s in plan.seqs if not s.is_decode)
         decode = sum(1 for s in plan.seqs if s.is_decode)
@@ -294,6 +318,18 @@ class SeaLLMPolicy(SchedulingPolicy):
                 if rid not in ran and now - st.last_ran >= limit:
                     st.boost += 1
                     st.last_ran = now
+        guard = self.config.tail_guard_factor
+        if guard is not None:
+            for rid, st in self._state.items():
+                if rid in ran:
+                    continue
+                r = st.request
+                if st.level == 0 and not (r is not None and r.num_preemptions):
+                    continue
+                st.waited_s += dt
+                if st.waited_s >= guard * st.budget_s:
+                    st.boost += 1
+                    st.waited_s = 0.0
 
     def on_finish(self, request: "Request", now: float) -> None:
         self._state.pop(request.request_id, None)
