@@ -51,7 +51,9 @@ def start(name: str, models: dict[str, str], args) -> tuple[subprocess.Popen, st
     port = free_port()
     cfg = {"models": [{"name": n, "path": p} for n, p in models.items()], "scheduling_policy": policy,
            "policy_options": options, "port": port, "kv_cache_memory": args.kv_cache_memory,
-           "max_num_batched_tokens": 512, "max_num_seqs": args.max_num_seqs, "preemption_mode": mode}
+           "max_num_batched_tokens": 512, "max_num_seqs": args.max_num_seqs, "preemption_mode": mode,
+           # scheduling under overload is what is measured: no admission control refuses work
+           "max_waiting_requests": None, "max_waiting_tokens": None, "max_queue_delay_s": None}
     fd, path = tempfile.mkstemp(suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(cfg, f)

@@ -67,6 +67,9 @@ class DeploymentConfig:
             (None = no limit).
         max_waiting_tokens: admission control, per model: most tokens still to prefill
             over the waiting requests, the new one's prompt included (None = no limit).
+        max_queue_delay_s: admission control, per model: while the model has a queue and its
+            recent requests waited longer than this to start (s), new ones are refused with
+            429 (None = no limit). Bounds queueing under overload whatever the device's speed.
         max_sequences_per_request: most sequences (prompts x ``n``) in one HTTP request;
             beyond it the request is refused with HTTP 400.
         max_request_body: largest HTTP request body ("4MiB"); beyond it HTTP 413.
@@ -103,6 +106,7 @@ class DeploymentConfig:
     max_tokens_limit: int | None = None
     max_waiting_requests: int | None = 1024
     max_waiting_tokens: int | None = 1 << 20
+    max_queue_delay_s: float | None = 10.0
     max_sequences_per_request: int = 256
     max_request_body: str | int = "4MiB"
     allow_request_chat_template: bool = False
@@ -133,6 +137,14 @@ class DeploymentConfig:
         if not isinstance(self.max_sequences_per_request, int) or self.max_sequences_per_request < 1:
             raise ValueError(f"max_sequences_per_request must be a positive integer, got "
                              f"{self.max_sequences_per_request!r}")
+        if self.max_waiting_requests is not None and self.max_waiting_requests < self.max_sequences_per_request:
+            raise ValueError(f"max_waiting_requests ({self.max_waiting_requests}) must be at least "
+                             f"max_sequences_per_request ({self.max_sequences_per_request}): a request of that many "
+                             f"sequences could never be admitted")
+        if self.max_queue_delay_s is not None and not (isinstance(self.max_queue_delay_s, (int, float))
+                                                      and 0 < self.max_queue_delay_s < float("inf")):
+            raise ValueError(f"max_queue_delay_s must be a positive number of seconds or null, got "
+                             f"{self.max_queue_delay_s!r}")
         if not self.chat_template_timeout_s > 0:
             raise ValueError(f"chat_template_timeout_s must be > 0, got {self.chat_template_timeout_s!r}")
         if not isinstance(self.engine_restart_max, int) or self.engine_restart_max < 0:

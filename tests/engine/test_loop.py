@@ -95,3 +95,35 @@ def test_a_failing_request_fails_alone_with_500():
 def test_abort_frees_pages():
     sent, kv = _loop([_add("r1", n=50), "tick", AbortRequests(["r1"]), "tick"])
     assert kv.pool.num_free == kv.pool.num_pages
+
+
+def test_queue_delay_bound_refuses_while_the_queue_is_slow():
+    # One seat: requests queue; the clock advances 1 s per iteration, so the ones that start
+    # have waited seconds; once the moving average passes max_queue_delay_s and a queue
+    # remains, new requests are refused with 429.
+    kv = KVCacheManager(PagePool(64, 1024))
+    kv.add_model("a", KVSpec(2, 2, 8, 4))
+    sched = Scheduler(kv, make_policy("fcfs"), SchedulerConfig(64, 1))
+    clock = ManualClock()
+
+    class Slow(PoisonExecutor):
+        def execute(self, plan):
+            clock.advance(1.0)
+            return super().execute(plan)
+
+    core = ReplicaCore(sched, Slow("none", {"a": kv.tokens_per_page("a")}), clock)
+    # (iteration from which the message is delivered, message): r1 starts at 2 s, r2 at 4 s,
+    # r3 at 6 s, so the average passes 1.5 s while r4 and r5 still wait.
+    script = [(0, _add(f"r{i}", n=2)) for i in range(6)] + [(8, _add("late1")), (8, _add("late2"))]
+    sent = []
+
+    def inbox(timeout_ms):
+        if script and core.num_steps >= script[0][0]:
+            return script.pop(0)[1]
+        return Shutdown() if not script and not sched.has_unfinished() else None
+
+    loop = EngineLoop(core, {"a": Cfg()}, inbox, sent.append, max_queue_delay_s=1.5)
+    loop.run()
+    verdicts = {d.request_id: d for m in sent if isinstance(m, EngineOutputs) for d in m.deltas if not d.token_ids}
+    assert verdicts["late1"].error_status == 429 and "max_queue_delay_s" in verdicts["late1"].error
+    assert loop.queue_delay_s["a"] > 1.5

@@ -506,7 +506,7 @@ def limited(checkpoints, tmp_path_factory):
     cfg = d / "deploy.yaml"
     cfg.write_text(f"models:\n  - {{name: llama, path: {checkpoints['llama']}}}\n"
                    f"  - {{name: qwen2, path: {checkpoints['qwen2']}}}\n"
-                   "max_waiting_requests: 2\nmax_sequences_per_request: 8\nmax_request_body: 64KiB\n"
+                   "max_waiting_requests: 4\nmax_sequences_per_request: 4\nmax_request_body: 64KiB\n"
                    "allow_request_chat_template: true\nchat_template_timeout_s: 1.0\nmax_num_seqs: 4\n")
     proc, base = start_server({}, "--config", str(cfg), "--api-key", KEY,
                               log_path=log)
@@ -547,15 +547,22 @@ def test_sequences_cap_is_400(limited):
                        timeout=60)
         assert_error(r, 400)
         assert "max_sequences_per_request" in r.json()["error"]["message"]
-        # At the cap: served, whatever max_waiting_requests (2 here) is: a request that could
-        # never be admitted must not get a 429 that a retry cannot cure.
-        r = httpx.post(limited.base + "/v1/completions", json=dict(GOOD, prompt=["x"] * 2, n=4), headers=AUTH,
+        # At the cap: served. (A request that could never be admitted cannot exist: a
+        # deployment whose max_waiting_requests is below max_sequences_per_request is refused.)
+        r = httpx.post(limited.base + "/v1/completions", json=dict(GOOD, prompt=["x"] * 2, n=2), headers=AUTH,
                        timeout=60)
         assert r.status_code == 200, r.text
 
 
+def test_a_queue_bound_below_the_sequences_cap_is_refused():
+    from seallm.deploy import DeploymentConfig, ModelEntry
+
+    with pytest.raises(ValueError, match="max_waiting_requests"):
+        DeploymentConfig(models=(ModelEntry("a", "/x"),), max_waiting_requests=2, max_sequences_per_request=8)
+
+
 def test_full_queue_is_429_with_retry_after(limited):
-    """30 requests at once at llama, 2 may wait: some are refused with 429 + Retry-After, the
+    """30 requests at once at llama, 4 may wait: some are refused with 429 + Retry-After, the
     rest complete; the bystander on qwen2 is untouched."""
     def one(i):
         with httpx.Client(base_url=limited.base, headers=AUTH, timeout=120) as c:

@@ -20,7 +20,7 @@ LOOP_TEMPLATE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endf
 def limited(checkpoints, tmp_path_factory):
     d = tmp_path_factory.mktemp("limits")
     cfg = {"models": [{"name": "llama", "path": checkpoints["llama"]}, {"name": "qwen2", "path": checkpoints["qwen2"]}],
-           "max_num_seqs": 2, "max_waiting_requests": 4, "max_sequences_per_request": 8,
+           "max_num_seqs": 2, "max_waiting_requests": 4, "max_sequences_per_request": 4,
            "max_request_body": "64KiB", "allow_request_chat_template": True, "chat_template_timeout_s": 1.0}
     (d / "deploy.yaml").write_text(yaml.safe_dump(cfg))
     proc, base = start_server({}, "--config", str(d / "deploy.yaml"), log_path=str(d / "server.log"))

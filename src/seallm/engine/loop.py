@@ -2,11 +2,14 @@
 inbox and outbox so that the same loop runs behind ZeroMQ (``seallm serve``'s engine
 process) or any other transport (torch-free).
 
-Admission control (per model, SeaLLM/SLOs-Serve-style overload protection of our design):
-a request is refused with an error delta of status 429 when its model already has
-``max_waiting_requests`` waiting requests, or when its prompt would bring the tokens still to
-prefill over ``max_waiting_tokens``. Every admitted request is acknowledged at once with an
-empty delta, before the iteration runs.
+Admission control (per model; our design, in the spirit of CoDel's sojourn-time rule): a
+request is refused with an error delta of status 429 when its model already has
+``max_waiting_requests`` waiting requests, when its prompt would bring the tokens still to
+prefill over ``max_waiting_tokens``, or when the model has a queue and its recent queueing
+delay (an exponential moving average, weight 1/4, of arrival-to-first-scheduling times of
+the requests that started) exceeds ``max_queue_delay_s``: the last bounds the time an
+admitted request waits whatever the device's speed. Every admitted request is acknowledged
+at once with an empty delta, before the iteration runs.
 """
 
 from __future__ import annotations
@@ -45,13 +48,16 @@ class EngineLoop:
     """
 
     def __init__(self, core: ReplicaCore, configs: dict[str, ModelLimits], inbox: Inbox, outbox: Outbox,
-                 max_waiting_requests: int | None = None, max_waiting_tokens: int | None = None) -> None:
+                 max_waiting_requests: int | None = None, max_waiting_tokens: int | None = None,
+                 max_queue_delay_s: float | None = None) -> None:
         self.core = core
         self.sched = core.scheduler
         self.kv = core.scheduler.kv
         self.configs = configs
         self.max_waiting_requests = max_waiting_requests
         self.max_waiting_tokens = max_waiting_tokens
+        self.max_queue_delay_s = max_queue_delay_s
+        self.queue_delay_s: dict[str, float] = {}  # per model: moving average of recent queue delays (s)
         self.inbox, self._send = inbox, outbox
         self.sent: dict[str, int] = {}  # request id -> output tokens already sent
         self._last_stats = 0.0
@@ -85,6 +91,10 @@ class EngineLoop:
                     logger.error("engine step failed:\n%s", traceback.format_exc())
                     updated = self._abort_all()
                 for r in updated:
+                    if r.num_output_tokens == 1 and r.first_scheduled_time is not None:  # it just started
+                        q = max(0.0, r.first_scheduled_time - r.arrival_time)
+                        prev = self.queue_delay_s.get(r.model)
+                        self.queue_delay_s[r.model] = q if prev is None else prev + 0.25 * (q - prev)
                     deltas.append(self._delta(r))
                 step_time = time.perf_counter() - t0
             now = self.core.clock.now()
@@ -100,6 +110,10 @@ class EngineLoop:
         if self.max_waiting_requests is not None and self.sched.num_waiting(model) >= self.max_waiting_requests:
             return (f"model {model!r} has {self.sched.num_waiting(model)} requests waiting, the limit "
                     f"(max_waiting_requests); retry later")
+        delay = self.queue_delay_s.get(model, 0.0)
+        if self.max_queue_delay_s is not None and delay > self.max_queue_delay_s and self.sched.num_waiting(model):
+            return (f"model {model!r} is overloaded: requests wait {delay:.1f} s to start, over "
+                    f"max_queue_delay_s={self.max_queue_delay_s:g}; retry later")
         if self.max_waiting_tokens is not None:
             if model not in self._waiting_tokens:
                 self._waiting_tokens[model] = sum(r.num_uncomputed_tokens for r in self.sched.waiting.get(model, ()))

@@ -21,7 +21,7 @@ from seallm.server.metrics import ServerMetrics
 from seallm.server.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from seallm.server.protocol import ChatCompletionRequest, CompletionRequest
 from seallm.server.serving import OpenAIServing, ServedModel
-from seallm.server.templates import TemplateSandbox
+from seallm.server.templates import TemplateSandbox, max_prompt_chars
 
 logger = logging.getLogger("seallm.server")
 
@@ -68,7 +68,8 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         if cfg.allow_request_chat_template:
             import asyncio
 
-            sandbox = TemplateSandbox({m.name: m.path for m in ready.models}, cfg.chat_template_timeout_s)
+            sandbox = TemplateSandbox({m.name: m.path for m in ready.models}, cfg.chat_template_timeout_s,
+                                      {m.name: max_prompt_chars(m.max_model_len) for m in ready.models})
             await asyncio.to_thread(sandbox.start)
         app.state.serving = OpenAIServing(engine, models, metrics, cfg.max_tokens_limit, slo_classes,
                                           cfg.max_sequences_per_request, sandbox)

@@ -30,6 +30,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="admission control: most waiting requests per model, beyond which 429 (default 1024; 0: none)")
     p.add_argument("--max-waiting-tokens", type=int, default=None,
                    help="admission control: most prompt tokens waiting per model (default 1048576; 0: none)")
+    p.add_argument("--max-queue-delay", type=float, default=None, dest="max_queue_delay_s",
+                   help="admission control: refuse (429) while a model's requests wait longer than this to start "
+                        "(s, default 10; 0: none)")
     p.add_argument("--max-sequences-per-request", type=int, default=None,
                    help="most prompts x n in one request (default 256)")
     p.add_argument("--max-request-body", default=None, help="largest request body, e.g. 4MiB (default); 413 beyond")
@@ -54,7 +57,7 @@ def deployment_from_args(args: argparse.Namespace):
         cfg = deployment_from(ensure_demo_checkpoints(), None)
     if args.dtype:
         cfg = cfg.with_overrides(models=tuple(ModelEntry(m.name, m.path, args.dtype) for m in cfg.models))
-    for flag in ("max_waiting_requests", "max_waiting_tokens"):  # 0 on the command line: no limit
+    for flag in ("max_waiting_requests", "max_waiting_tokens", "max_queue_delay_s"):  # 0: no limit
         v = getattr(args, flag)
         if v is not None and v <= 0:
             cfg = dataclasses.replace(cfg, **{flag: None})
@@ -66,6 +69,7 @@ def deployment_from_args(args: argparse.Namespace):
                               preemption_mode=args.preemption_mode, swap_space=args.swap_space,
                               max_waiting_requests=args.max_waiting_requests,
                               max_waiting_tokens=args.max_waiting_tokens,
+                              max_queue_delay_s=args.max_queue_delay_s,
                               max_sequences_per_request=args.max_sequences_per_request,
                               max_request_body=args.max_request_body,
                               allow_request_chat_template=args.allow_request_chat_template)

@@ -68,7 +68,7 @@ def engine_main(cfg: DeploymentConfig, in_addr: str, out_addr: str) -> None:
         return
     try:
         EngineLoop(stack.core, stack.model_configs, zmq_inbox(pull), zmq_outbox(push, enc),
-                   cfg.max_waiting_requests, cfg.max_waiting_tokens).run()
+                   cfg.max_waiting_requests, cfg.max_waiting_tokens, cfg.max_queue_delay_s).run()
         policy = stack.scheduler.policy
         if cfg.profiles_path and hasattr(policy, "save_profiles"):
             policy.save_profiles(cfg.profiles_path)

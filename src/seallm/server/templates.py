@@ -56,10 +56,16 @@ def check_template_kwargs(kwargs: dict[str, Any] | None, allow_template: bool) -
 
 # ---- request-supplied templates: a child process with a time limit -------------------------------
 
+def max_prompt_chars(max_model_len: int) -> int:
+    """Longest text a request template may render for a model of ``max_model_len`` tokens:
+    32 characters per token of context (no common tokenizer averages more), at least 64 Ki."""
+    return max(1 << 16, 32 * max_model_len)
+
+
 _child_tokenizers: dict[str, Any] = {}
 
 
-def _child_main(conn, paths: dict[str, str]) -> None:  # runs in the child process
+def _child_main(conn, paths: dict[str, str], max_chars: dict[str, int]) -> None:  # runs in the child process
     from seallm.offline import load_tokenizer
 
     for name, path in paths.items():
@@ -76,6 +82,9 @@ def _child_main(conn, paths: dict[str, str]) -> None:  # runs in the child proce
                                            tokenize=False, **kwargs)
             if not isinstance(text, str):
                 raise TypeError(f"the template returned {type(text).__name__}, not text")
+            if len(text) > max_chars[model]:
+                raise ValueError(f"the rendered prompt has {len(text)} characters, over the limit of "
+                                 f"{max_chars[model]} for this model")
             conn.send(("ok", text))
         except Exception as e:  # noqa: BLE001 - reported to the client as 400
             conn.send(("error", f"{type(e).__name__}: {e}"))
@@ -87,11 +96,15 @@ class TemplateSandbox:
     Args:
         paths: model name -> checkpoint folder (the child loads tokenizers from there).
         timeout_s: time limit of one rendering (s); the child is killed and restarted after.
+        max_chars: model name -> longest rendered text accepted (characters); a longer one is a
+            400, so tokenizing it cannot hold the tokenizer thread for long. Default
+            :func:`max_prompt_chars` of a 2048-token context.
     """
 
-    def __init__(self, paths: dict[str, str], timeout_s: float) -> None:
+    def __init__(self, paths: dict[str, str], timeout_s: float, max_chars: dict[str, int] | None = None) -> None:
         self.paths = dict(paths)
         self.timeout_s = timeout_s
+        self.max_chars = {m: (max_chars or {}).get(m, max_prompt_chars(2048)) for m in self.paths}
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn = None
         self._lock = asyncio.Lock()
@@ -103,7 +116,8 @@ class TemplateSandbox:
                 return
             ctx = multiprocessing.get_context("spawn")
             parent, child = ctx.Pipe()
-            self._proc = ctx.Process(target=_child_main, args=(child, self.paths), name="seallm-templates",
+            self._proc = ctx.Process(target=_child_main, args=(child, self.paths, self.max_chars),
+                                     name="seallm-templates",
                                      daemon=True)
             self._proc.start()
             child.close()
