@@ -409,8 +409,9 @@ def main() -> int:
     ap.add_argument("--storm-clients", type=int, default=300)
     ap.add_argument("--storm-output-len", type=int, default=512)
     ap.add_argument("--kv-cache-memory", default="256MiB")
-    ap.add_argument("--max-waiting-requests", type=int, default=64,
-                    help="the server's waiting-queue bound per model (so overload meets 429s)")
+    ap.add_argument("--max-waiting-requests", type=int, default=None,
+                    help="the server's waiting-queue bound per model (default: the server's, with admission "
+                         "by queueing delay, max_queue_delay_s)")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra 'seallm serve' argument (repeatable)")
     ap.add_argument("--port", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)

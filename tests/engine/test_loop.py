@@ -126,4 +126,35 @@ def test_queue_delay_bound_refuses_while_the_queue_is_slow():
     loop.run()
     verdicts = {d.request_id: d for m in sent if isinstance(m, EngineOutputs) for d in m.deltas if not d.token_ids}
     assert verdicts["late1"].error_status == 429 and "max_queue_delay_s" in verdicts["late1"].error
-    assert loop.queue_delay_s["a"] > 1.5
+    assert "a" not in loop.queue_delay_s  # forgotten once the queue drained
+
+
+def test_queue_delay_is_forgotten_once_the_queue_drains():
+    kv = KVCacheManager(PagePool(64, 1024))
+    kv.add_model("a", KVSpec(2, 2, 8, 4))
+    sched = Scheduler(kv, make_policy("fcfs"), SchedulerConfig(64, 1))
+    clock = ManualClock()
+
+    class Slow(PoisonExecutor):
+        def execute(self, plan):
+            clock.advance(1.0)
+            return super().execute(plan)
+
+    core = ReplicaCore(sched, Slow("none", {"a": kv.tokens_per_page("a")}), clock)
+    script = [(0, _add(f"r{i}", n=2)) for i in range(6)]
+    sent = []
+    loop = None
+
+    def inbox(timeout_ms):
+        if script and core.num_steps >= script[0][0]:
+            return script.pop(0)[1]
+        if not sched.has_unfinished():
+            if "late" not in {d.request_id for m in sent if isinstance(m, EngineOutputs) for d in m.deltas}:
+                return _add("late", n=1)  # after the drain: admitted at once
+            return Shutdown()
+        return None
+
+    loop = EngineLoop(core, {"a": Cfg()}, inbox, sent.append, max_queue_delay_s=1.5)
+    loop.run()
+    late = [d for m in sent if isinstance(m, EngineOutputs) for d in m.deltas if d.request_id == "late"]
+    assert late[0].error is None and sum(len(d.token_ids) for d in late) == 1

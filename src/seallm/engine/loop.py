@@ -7,7 +7,7 @@ request is refused with an error delta of status 429 when its model already has
 ``max_waiting_requests`` waiting requests, when its prompt would bring the tokens still to
 prefill over ``max_waiting_tokens``, or when the model has a queue and its recent queueing
 delay (an exponential moving average, weight 1/4, of arrival-to-first-scheduling times of
-the requests that started) exceeds ``max_queue_delay_s``: the last bounds the time an
+the requests that started since its queue was last empty) exceeds ``max_queue_delay_s``: the last bounds the time an
 admitted request waits whatever the device's speed. Every admitted request is acknowledged
 at once with an empty delta, before the iteration runs.
 """
@@ -97,6 +97,8 @@ class EngineLoop:
                         self.queue_delay_s[r.model] = q if prev is None else prev + 0.25 * (q - prev)
                     deltas.append(self._delta(r))
                 step_time = time.perf_counter() - t0
+                for m in [m for m in self.queue_delay_s if not self.sched.num_waiting(m)]:
+                    del self.queue_delay_s[m]  # the queue drained: past delays say nothing of the next
             now = self.core.clock.now()
             if deltas or now - self._last_stats > STATS_EVERY_S:
                 stats = None
