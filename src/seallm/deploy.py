@@ -67,9 +67,9 @@ class DeploymentConfig:
             (None = no limit).
         max_waiting_tokens: admission control, per model: most tokens still to prefill
             over the waiting requests, the new one's prompt included (None = no limit).
-        max_queue_delay_s: admission control, per model: while the model has a queue and its
-            recent requests waited longer than this to start (s), new ones are refused with
-            429 (None = no limit). Bounds queueing under overload whatever the device's speed.
+        max_queue_delay_s: admission control, per model: while the oldest of its queued
+            requests that never started has waited longer than this (s), new ones are refused
+            with 429 (None = no limit). Bounds queueing under overload whatever the device's speed.
         max_sequences_per_request: most sequences (prompts x ``n``) in one HTTP request;
             beyond it the request is refused with HTTP 400.
         max_request_body: largest HTTP request body ("4MiB"); beyond it HTTP 413.

@@ -5,10 +5,9 @@ process) or any other transport (torch-free).
 Admission control (per model; our design, in the spirit of CoDel's sojourn-time rule): a
 request is refused with an error delta of status 429 when its model already has
 ``max_waiting_requests`` waiting requests, when its prompt would bring the tokens still to
-prefill over ``max_waiting_tokens``, or when the model has a queue and its recent queueing
-delay (an exponential moving average, weight 1/4, of arrival-to-first-scheduling times of
-the requests that started since its queue was last empty) exceeds ``max_queue_delay_s``: the last bounds the time an
-admitted request waits whatever the device's speed. Every admitted request is acknowledged
+prefill over ``max_waiting_tokens``, or when the oldest of its waiting requests that never
+started has waited longer than ``max_queue_delay_s`` (the standing queue's sojourn time,
+which rises as soon as the model falls behind, whatever the device's speed). Every admitted request is acknowledged
 at once with an empty delta, before the iteration runs.
 """
 
@@ -57,7 +56,7 @@ class EngineLoop:
         self.max_waiting_requests = max_waiting_requests
         self.max_waiting_tokens = max_waiting_tokens
         self.max_queue_delay_s = max_queue_delay_s
-        self.queue_delay_s: dict[str, float] = {}  # per model: moving average of recent queue delays (s)
+        self._oldest_waiting: dict[str, float | None] = {}  # per model, valid for one inbox drain
         self.inbox, self._send = inbox, outbox
         self.sent: dict[str, int] = {}  # request id -> output tokens already sent
         self._last_stats = 0.0
@@ -74,6 +73,7 @@ class EngineLoop:
             timeout = 0 if self.core.has_unfinished() else IDLE_POLL_MS
             acks: list[Delta] = []
             self._waiting_tokens.clear()
+            self._oldest_waiting.clear()
             while (msg := self.inbox(timeout)) is not None:
                 timeout = 0
                 if isinstance(msg, Shutdown):
@@ -91,14 +91,8 @@ class EngineLoop:
                     logger.error("engine step failed:\n%s", traceback.format_exc())
                     updated = self._abort_all()
                 for r in updated:
-                    if r.num_output_tokens == 1 and r.first_scheduled_time is not None:  # it just started
-                        q = max(0.0, r.first_scheduled_time - r.arrival_time)
-                        prev = self.queue_delay_s.get(r.model)
-                        self.queue_delay_s[r.model] = q if prev is None else prev + 0.25 * (q - prev)
                     deltas.append(self._delta(r))
                 step_time = time.perf_counter() - t0
-                for m in [m for m in self.queue_delay_s if not self.sched.num_waiting(m)]:
-                    del self.queue_delay_s[m]  # the queue drained: past delays say nothing of the next
             now = self.core.clock.now()
             if deltas or now - self._last_stats > STATS_EVERY_S:
                 stats = None
@@ -112,10 +106,15 @@ class EngineLoop:
         if self.max_waiting_requests is not None and self.sched.num_waiting(model) >= self.max_waiting_requests:
             return (f"model {model!r} has {self.sched.num_waiting(model)} requests waiting, the limit "
                     f"(max_waiting_requests); retry later")
-        delay = self.queue_delay_s.get(model, 0.0)
-        if self.max_queue_delay_s is not None and delay > self.max_queue_delay_s and self.sched.num_waiting(model):
-            return (f"model {model!r} is overloaded: requests wait {delay:.1f} s to start, over "
-                    f"max_queue_delay_s={self.max_queue_delay_s:g}; retry later")
+        if self.max_queue_delay_s is not None:
+            if model not in self._oldest_waiting:
+                self._oldest_waiting[model] = min((r.arrival_time for r in self.sched.waiting.get(model, ())
+                                                   if r.first_scheduled_time is None), default=None)
+            oldest = self._oldest_waiting[model]
+            waited = self.core.clock.now() - oldest if oldest is not None else 0.0
+            if waited > self.max_queue_delay_s:
+                return (f"model {model!r} is overloaded: a queued request has waited {waited:.1f} s to start, over "
+                        f"max_queue_delay_s={self.max_queue_delay_s:g}; retry later")
         if self.max_waiting_tokens is not None:
             if model not in self._waiting_tokens:
                 self._waiting_tokens[model] = sum(r.num_uncomputed_tokens for r in self.sched.waiting.get(model, ()))
