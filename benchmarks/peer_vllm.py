@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -171,9 +172,15 @@ def child_seallm_offline(args) -> dict:
     outs = llm.generate(prompts, SamplingParams(max_tokens=args.output_len, temperature=0, ignore_eos=True))
     dt = time.perf_counter() - t0
     ids = [list(o.token_ids) for o in outs]
+    try:  # whether seallm's C++ decode-attention kernel was in use (else the SDPA fallback)
+        from seallm.models import cpu_kernels
+
+        kernel = cpu_kernels.kernel_isa() if cpu_kernels.kernels_enabled() else None
+    except Exception as e:  # an older/newer seallm without this module
+        kernel = f"unknown ({type(e).__name__})"
     return dict(seconds=dt, startup_s=startup, output_tokens=sum(map(len, ids)),
                 output_tokens_per_s=sum(map(len, ids)) / dt, token_ids=ids,
-                scheduling_policy=llm.scheduler.policy.name)
+                scheduling_policy=llm.scheduler.policy.name, cpu_attention_kernel=kernel)
 
 
 def child_vllm_offline(args) -> dict:
@@ -203,12 +210,21 @@ def run_child(system: str, args, dtype: str, checkpoint: str) -> dict:
            str(args.max_prompt), "--output-len", str(args.output_len), "--seed", str(args.seed),
            "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--kv-gib", str(args.kv_gib)]
     env = peer_env(args.peer_venv, args) if system == "vllm" else dict(os.environ)
+    cpu0 = _children_cpu()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.run_timeout, cwd=ROOT)
+    cpu = _children_cpu() - cpu0
     lines = [ln for ln in r.stdout.strip().splitlines() if ln.startswith("{")]
     if r.returncode or not lines:
         raise RuntimeError(f"{system} offline ({dtype}) exited {r.returncode}: "
                            + " | ".join(r.stderr.strip().splitlines()[-5:])[-1500:])
-    return json.loads(lines[-1])
+    # CPU seconds of the whole process tree (start-up included): on a shared machine the share
+    # of the cores each system got differs between runs, so this is recorded next to the rate.
+    return dict(json.loads(lines[-1]), process_cpu_s=cpu)
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 # --------------------------------------------------------------------------- servers
@@ -439,8 +455,10 @@ def environment(args, vllm_version: str | None) -> dict:
         pass
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
+                                    cwd=ROOT).stdout.strip())
     except OSError:
-        commit = None
+        commit = dirty = None
     try:
         from importlib.metadata import version
         seallm_version = version("seallm")
@@ -448,7 +466,7 @@ def environment(args, vllm_version: str | None) -> dict:
         seallm_version = None
     return dict(cpu_model=model, cpu_flags=flags, cpus=os.cpu_count(), platform=platform.platform(),
                 python=platform.python_version(), torch=torch.__version__, seallm=seallm_version,
-                seallm_commit=commit, vllm=vllm_version, peer_package=PEER_PACKAGE,
+                seallm_commit=commit, seallm_src_uncommitted_changes=dirty, vllm=vllm_version, peer_package=PEER_PACKAGE,
                 peer_env=dict(VLLM_CPU_KVCACHE_SPACE=str(args.kv_gib), VLLM_CPU_NUM_OF_RESERVED_CPU="0",
                               LD_PRELOAD=[os.path.basename(p) for p in find_preloads(args.peer_venv)]))
 
