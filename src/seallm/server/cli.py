@@ -89,6 +89,9 @@ def run_serve(args: argparse.Namespace) -> int:
     app = build_app(cfg)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=args.log_level.lower(),
                             timeout_graceful_shutdown=5, access_log=False,
+                            # Longer than clients' pooled keep-alive (aiohttp 15 s, httpx 5 s), so the
+                            # server never closes an idle connection a client is just reusing.
+                            timeout_keep_alive=65,
                             loop="auto", http="auto")  # uvloop and httptools when installed
     server = uvicorn.Server(config)
     try:
