@@ -97,9 +97,8 @@ def test_abort_frees_pages():
     assert kv.pool.num_free == kv.pool.num_pages
 
 
-def test_queue_delay_bound_refuses_while_the_queue_is_slow():
-    # One seat: requests queue; the clock advances 1 s per iteration; once the oldest queued
-    # request that never started has waited more than max_queue_delay_s, new ones get 429.
+def _slow_core():
+    """One seat, fcfs, and an executor that takes 1 s of clock per iteration."""
     kv = KVCacheManager(PagePool(64, 1024))
     kv.add_model("a", KVSpec(2, 2, 8, 4))
     sched = Scheduler(kv, make_policy("fcfs"), SchedulerConfig(64, 1))
@@ -110,7 +109,13 @@ def test_queue_delay_bound_refuses_while_the_queue_is_slow():
             clock.advance(1.0)
             return super().execute(plan)
 
-    core = ReplicaCore(sched, Slow("none", {"a": kv.tokens_per_page("a")}), clock)
+    return ReplicaCore(sched, Slow("none", {"a": kv.tokens_per_page("a")}), clock), sched
+
+
+def test_queue_delay_bound_refuses_while_the_queue_is_slow():
+    # One seat: requests queue; the clock advances 1 s per iteration; once the oldest queued
+    # request that never started has waited more than max_queue_delay_s, new ones get 429.
+    core, sched = _slow_core()
     # (iteration from which the message is delivered, message): at 8 s r4 and r5 still wait.
     script = [(0, _add(f"r{i}", n=2)) for i in range(6)] + [(8, _add("late1")), (8, _add("late2"))]
     sent = []
@@ -127,20 +132,9 @@ def test_queue_delay_bound_refuses_while_the_queue_is_slow():
 
 
 def test_queue_delay_is_forgotten_once_the_queue_drains():
-    kv = KVCacheManager(PagePool(64, 1024))
-    kv.add_model("a", KVSpec(2, 2, 8, 4))
-    sched = Scheduler(kv, make_policy("fcfs"), SchedulerConfig(64, 1))
-    clock = ManualClock()
-
-    class Slow(PoisonExecutor):
-        def execute(self, plan):
-            clock.advance(1.0)
-            return super().execute(plan)
-
-    core = ReplicaCore(sched, Slow("none", {"a": kv.tokens_per_page("a")}), clock)
+    core, sched = _slow_core()
     script = [(0, _add(f"r{i}", n=2)) for i in range(6)]
     sent = []
-    loop = None
 
     def inbox(timeout_ms):
         if script and core.num_steps >= script[0][0]:
