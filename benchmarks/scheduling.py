@@ -111,12 +111,29 @@ def calibrate_alone(base: str, args):
     return reqs, fitted
 
 
+def engine_counters(base: str) -> dict:
+    """Preemptions and swap-outs so far (all models), from the server's /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(base + "/metrics", timeout=30).read().decode()
+    out = {"preemptions": 0.0, "swap_outs": 0.0}
+    for line in text.splitlines():
+        for key, name in (("preemptions", "seallm:num_preemptions_total{"), ("swap_outs", "seallm:num_swap_outs_total{")):
+            if line.startswith(name):
+                out[key] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def summary(res) -> dict:
     o = res.metrics.overall
     per = {m: dict(normalized_latency_s=s.normalized_latency_s, p99_e2e_s=s.e2e.p99, mean_e2e_s=s.e2e.mean,
                    slo_attainment={str(k): v for k, v in (s.slo_attainment or {}).items()})
            for m, s in res.metrics.per_model.items()}
-    return dict(requests=o.num_requests, completed=o.num_completed, failed=o.num_failed,
+    # Longest stretch with no token delivered to any client while requests were in flight:
+    # an engine that churns (swaps in and out) without progress shows up here.
+    times = sorted(t for r in res.records for t in r.token_times_s)
+    gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    return dict(requests=o.num_requests, completed=o.num_completed, failed=o.num_failed, longest_token_gap_s=gap,
                 normalized_latency_s=o.normalized_latency_s, p50_e2e_s=o.e2e.p50, p99_e2e_s=o.e2e.p99,
                 mean_e2e_s=o.e2e.mean, mean_ttft_s=o.ttft.mean, p99_ttft_s=o.ttft.p99,
                 slo_attainment={str(k): v for k, v in (o.slo_attainment or {}).items()},
@@ -196,12 +213,16 @@ def main() -> None:
         proc, base, cfgp = start(name, models, args)
         try:
             for rate in rates:
+                before = engine_counters(base)
                 s = summary(bench(base, args, rate, alone))
+                after = engine_counters(base)
+                s.update({k: after[k] - before.get(k, 0.0) for k in after})
                 out["repetitions"].setdefault(name, {}).setdefault(str(rate), []).append(s)
                 out["runs"].setdefault(name, {})[str(rate)] = median_summary(out["repetitions"][name][str(rate)])
                 print(f"{name:28s} x{rate}: norm {s['normalized_latency_s']:.4f} s/tok, P99 {s['p99_e2e_s']:.2f} s, "
                       f"SLO@5 {s['slo_attainment'].get('5.0') or 0:.3f} @10 {s['slo_attainment'].get('10.0') or 0:.3f}, "
-                      f"{s['output_throughput']:.0f} tok/s", flush=True)
+                      f"{s['output_throughput']:.0f} tok/s, {s['swap_outs']:.0f} swap-outs, {s['preemptions']:.0f} preemptions, "
+                      f"longest token gap {s['longest_token_gap_s']:.1f} s", flush=True)
         finally:
             stop(proc, cfgp)
 
