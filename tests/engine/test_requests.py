@@ -19,7 +19,7 @@ class Limits:
 
 @pytest.mark.parametrize("prompt, match", [
     ([], "empty"), ([1, 100], "outside the vocabulary"), ([-1], "outside the vocabulary"),
-    ([1] * 16, "does not fit"), ([1, "x"], "integers"), ([True], "integers"), ([1.5], "integers"),
+    ([1] * 16, "maximum context length"), ([1, "x"], "integers"), ([True], "integers"), ([1.5], "integers"),
     ([1 << 70], "outside the vocabulary")])
 def test_bad_prompts_refused(prompt, match):
     with pytest.raises(ValueError, match=match):

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -72,3 +73,14 @@ def kv_pages_used(base: str) -> dict[str, float]:
             model = line.split('model="')[1].split('"')[0]
             out[model] = float(line.rsplit(" ", 1)[1])
     return out
+
+
+def wait_for_no_pages(base: str, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    used = None
+    while time.time() < deadline:
+        used = kv_pages_used(base)
+        if used and all(v == 0 for v in used.values()):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"KV pages still allocated: {used}")

@@ -27,7 +27,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.server.conftest import kv_pages_used, start_server, stop_server
+from tests.server.conftest import start_server, stop_server, wait_for_no_pages
 
 MODELS = ("llama", "qwen2")
 BYSTANDER_TOKENS = 200
@@ -484,14 +484,7 @@ def test_bystanders_intact_and_no_pages_left(srv):
 
 
 def assert_no_pages(base: str) -> None:
-    deadline = time.time() + 20
-    used = None
-    while time.time() < deadline:
-        used = kv_pages_used(base)
-        if used and all(v == 0 for v in used.values()):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"KV pages still allocated: {used}")
+    wait_for_no_pages(base)
 
 
 # ---- a second server: small limits, an API key, request chat templates allowed ----------------

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 
-from tests.server.conftest import kv_pages_used, start_server, stop_server
+from tests.server.conftest import kv_pages_used, start_server, stop_server, wait_for_no_pages
 
 
 async def _stream(client: httpx.AsyncClient, base: str, i: int) -> tuple[str, int, int]:
@@ -40,18 +39,7 @@ def test_200_concurrent_streams_complete_with_right_counts(server):
     assert len(res) == 200
     assert all(want == got for _, want, got in res)
     assert {m for m, _, _ in res} == {"llama", "qwen2"}
-    _wait_for_no_pages(server)
-
-
-def _wait_for_no_pages(base: str, timeout: float = 20.0) -> None:
-    deadline = time.time() + timeout
-    used = None
-    while time.time() < deadline:
-        used = kv_pages_used(base)
-        if used and all(v == 0 for v in used.values()):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"KV pages still allocated: {used}")
+    wait_for_no_pages(server)
 
 
 def test_disconnect_mid_stream_frees_pages(server):
@@ -70,7 +58,7 @@ def test_disconnect_mid_stream_frees_pages(server):
                 assert used[model] > 0 or True  # may already be freed
 
     asyncio.run(main())
-    _wait_for_no_pages(server)
+    wait_for_no_pages(server)
 
 
 def test_disconnect_non_streaming_frees_pages(server):
@@ -80,7 +68,7 @@ def test_disconnect_non_streaming_frees_pages(server):
                                                      "ignore_eos": True}, timeout=0.5)
         except httpx.TimeoutException:
             pass  # we hung up while the request was running
-    _wait_for_no_pages(server)
+    wait_for_no_pages(server)
 
 
 def test_api_key_and_clean_ctrl_c(checkpoints, tmp_path):
@@ -123,7 +111,7 @@ def test_seallm_policy_with_swap_from_a_deployment_file(checkpoints, tmp_path):
 
         res = asyncio.run(main())
         assert all(want == got for _, want, got in res)
-        _wait_for_no_pages(base)
+        wait_for_no_pages(base)
         text = httpx.get(base + "/metrics").text
         assert 'policy="seallm"' in text and 'preemption_mode="swap"' in text
         def total(name):

@@ -40,8 +40,8 @@ def check_prompt(model: str, prompt_token_ids: Sequence[int], limits: ModelLimit
     if bad is not None:
         raise ValueError(f"token id {bad!r} is outside the vocabulary of {model!r} (size {limits.vocab_size})")
     if len(ids) >= limits.max_model_len:
-        raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {model!r} "
-                         f"({limits.max_model_len} tokens including at least one output token)")
+        raise ValueError(f"This model's maximum context length is {limits.max_model_len} tokens; the prompt has "
+                         f"{len(ids)} tokens, which leaves no room for output.")
     return ids
 
 

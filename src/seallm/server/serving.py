@@ -78,8 +78,9 @@ class OpenAIServing:
         # once): long prompts and chat templates never block the event loop.
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seallm-tokenize")
 
-    async def _off_loop(self, fn, *args, **kw):
-        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, lambda: fn(*args, **kw))
+    async def _off_loop(self, fn):
+        """``fn()`` on the tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn)
 
     def close(self) -> None:
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
@@ -129,11 +130,7 @@ class OpenAIServing:
 
     def _params(self, req: Any, m: ServedModel, prompt_len: int, max_tokens: int | None, logprobs: int | None,
                 seed_offset: int) -> SamplingParams:
-        limit = m.info.max_model_len - prompt_len
-        if limit < 1:
-            raise APIError(f"This model's maximum context length is {m.info.max_model_len} tokens; the prompt has "
-                           f"{prompt_len} tokens, which leaves no room for output.", 400, "messages" if
-                           isinstance(req, ChatCompletionRequest) else "prompt")
+        limit = m.info.max_model_len - prompt_len  # >= 1: check_prompt refused longer prompts
         if max_tokens is None:
             max_tokens = limit if isinstance(req, ChatCompletionRequest) else 16
             if self.max_tokens_limit is not None:
