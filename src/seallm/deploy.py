@@ -23,11 +23,13 @@ logger = logging.getLogger("seallm")
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One served model: its API name, checkpoint folder and dtype ("auto" = checkpoint's)."""
+    """One served model: its API name, checkpoint folder, dtype ("auto" = checkpoint's), and
+    whether it is pinned (resident from the start, never unloaded)."""
 
     name: str
     path: str
     dtype: str = "auto"
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,15 @@ class DeploymentConfig:
         engine_hang_timeout_s: an engine process that sends nothing for this long while
             alive (it reports at least every 0.25 s when idle, and after every iteration) is
             taken as hung, killed and restarted like a dead one (s; None: never).
+        max_resident_models: most models resident on the device at once (None: all); a
+            request for another listed model is held while it loads, evicting an idle one.
+        weights_memory: device memory for resident weights ("2GiB"; None: no limit).
+        host_weight_cache: host memory that keeps the weights of unloaded models, so a
+            reload is a memory copy instead of a checkpoint read ("8GiB"; 0: none).
+        residency_policy: which model loads next and which one makes room: "seallm" (by the
+            urgency of the held requests; the least requested idle model leaves) or "lru"
+            (in arrival order; the least recently used idle model leaves, as llama-swap and
+            Ollama do).
         host, port, api_key: HTTP front end.
     """
 
@@ -116,6 +127,10 @@ class DeploymentConfig:
     engine_restart_backoff_s: float = 1.0
     engine_restart_backoff_max_s: float = 30.0
     engine_hang_timeout_s: float | None = 120.0
+    max_resident_models: int | None = None
+    weights_memory: str | int | None = None
+    host_weight_cache: str | int = "8GiB"
+    residency_policy: str = "seallm"
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -157,6 +172,13 @@ class DeploymentConfig:
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf"):
                 raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
+        parse_bytes(self.host_weight_cache) if self.host_weight_cache != 0 else 0  # validates
+        if self.weights_memory is not None:
+            parse_bytes(self.weights_memory)
+        from seallm.sched.residency import ResidencyConfig
+
+        ResidencyConfig(self.max_resident_models, None, frozenset(m.name for m in self.models if m.pinned),
+                        self.residency_policy)  # validates
         object.__setattr__(self, "policy_options", resolve_trace_seeds(self.policy_options))
         make_policy(self.scheduling_policy, self.policy_options)  # validates name and options
 
@@ -260,12 +282,14 @@ def load_deployment(path: str) -> DeploymentConfig:
     for i, m in enumerate(raw.get("models") or []):
         if not isinstance(m, dict) or "name" not in m or "path" not in m:
             raise ValueError(f"{path}: models[{i}] needs 'name' and 'path'")
-        extra = set(m) - {"name", "path", "dtype"}
+        extra = set(m) - {"name", "path", "dtype", "pinned"}
         if extra:
             raise ValueError(f"{path}: models[{i}] has unknown keys {sorted(extra)}")
+        if not isinstance(m.get("pinned", False), bool):
+            raise ValueError(f"{path}: models[{i}].pinned must be true or false")
         p = os.path.expanduser(str(m["path"]))
         models.append(ModelEntry(str(m["name"]), p if os.path.isabs(p) else os.path.join(base, p),
-                                 str(m.get("dtype", "auto"))))
+                                 str(m.get("dtype", "auto")), m.get("pinned", False)))
     slos = []
     for i, s in enumerate(raw.get("slo_classes") or []):
         try:
@@ -301,16 +325,22 @@ def replica_spec(cfg: DeploymentConfig, configs: dict[str, Any], kv_cache_bytes:
         if cfg.kv_cache_memory is None:
             raise ValueError("kv_cache_memory is required on CPU (for example '2GiB')")
         kv_cache_bytes = parse_bytes(cfg.kv_cache_memory)
+    pinned = {m.name for m in cfg.models if m.pinned}
     return ReplicaSpec(
-        models=tuple(ReplicaModel(n, c.kv_spec) for n, c in configs.items()), kv_cache_bytes=kv_cache_bytes,
+        models=tuple(ReplicaModel(n, c.kv_spec, getattr(c, "weights_bytes", 0), n in pinned)
+                     for n, c in configs.items()), kv_cache_bytes=kv_cache_bytes,
         device=cfg.device, page_size_bytes=cfg.page_size_bytes, swap_space_bytes=parse_bytes(cfg.swap_space),
         scheduler=SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.preemption_mode),
-        scheduling_policy=cfg.scheduling_policy, policy_options=cfg.policy_options, profiles_path=cfg.profiles_path)
+        scheduling_policy=cfg.scheduling_policy, policy_options=cfg.policy_options, profiles_path=cfg.profiles_path,
+        max_resident_models=cfg.max_resident_models,
+        weights_memory_bytes=parse_bytes(cfg.weights_memory) if cfg.weights_memory is not None else None,
+        residency_policy=cfg.residency_policy)
 
 
 def build_engine(cfg: DeploymentConfig) -> EngineStack:
-    """Load every model and build the replica (:func:`seallm.engine.replica.build_replica`)
-    around a torch ``ModelExecutor``.
+    """Load the models resident at start and build the replica
+    (:func:`seallm.engine.replica.build_replica`) around a torch ``ModelExecutor`` whose
+    ``WeightLoader`` loads the others on demand.
 
     Raises:
         seallm.models.CheckpointError: unsupported or malformed checkpoint.
@@ -320,28 +350,34 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
 
     from seallm.models.loader import load_model, move_model
     from seallm.worker.executor import ModelExecutor
+    from seallm.worker.weights import WeightLoader
 
     configs = {m.name: load_model_config(m.path, m.dtype) for m in cfg.models}
     dev = torch.device(cfg.device)
-    models = {}
-    for n, c in configs.items():
-        models[n] = load_model(c)
-        if dev.type != "cpu":
-            move_model(models[n], dev)
     budget = None
     if cfg.kv_cache_memory is None and dev.type == "cuda":
+        # Room for the weights first: every model when all are resident, else the limit.
+        resident_bytes = (parse_bytes(cfg.weights_memory) if cfg.weights_memory is not None
+                          else sum(c.weights_bytes for c in configs.values()))
         free, _ = torch.cuda.mem_get_info(dev)
-        budget = int(free * cfg.gpu_memory_utilization)
+        budget = int((free - resident_bytes) * cfg.gpu_memory_utilization)
     spec = replica_spec(cfg, configs, budget)
+    cache = parse_bytes(cfg.host_weight_cache) if cfg.host_weight_cache != 0 else 0
 
     def executor(layout: ReplicaLayout) -> ModelExecutor:
+        models = {}
+        for n in layout.resident:
+            models[n] = load_model(configs[n])
+            if dev.type != "cpu":
+                move_model(models[n], dev)
+        loader = WeightLoader(configs, dev, cache)
         return ModelExecutor(models, layout.num_pages, layout.page_size_bytes, dict(layout.tokens_per_page), dev,
-                             num_host_pages=layout.num_host_pages)
+                             num_host_pages=layout.num_host_pages, loader=loader)
 
     rep = build_replica(spec, executor, WallClock())
     lay = rep.layout
-    logger.info("seallm: %d model(s) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s; "
-                "preemption %s%s", len(configs), cfg.device, lay.num_pages, lay.page_size_bytes,
+    logger.info("seallm: %d model(s) (%d resident) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s; "
+                "preemption %s%s", len(configs), len(lay.resident), cfg.device, lay.num_pages, lay.page_size_bytes,
                 dict(lay.tokens_per_page), cfg.scheduling_policy, cfg.preemption_mode,
                 f" ({lay.num_host_pages} host pages)" if lay.num_host_pages else "")
     return EngineStack(rep.core, rep.kv, rep.scheduler, configs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,11 @@ class LLM:
         page_size_bytes: bytes per KV page; default: the smallest power of two giving every
             model >= 16 tokens per page.
         gpu_memory_utilization: fraction of free device memory for the pool (CUDA only).
+        max_resident_models, weights_memory, host_weight_cache, residency_policy, pinned:
+            models loaded and unloaded at run time, as in the deployment file: at most
+            ``max_resident_models`` (or ``weights_memory`` bytes of weights) on the device; a
+            prompt for another model loads it (from the host cache of ``host_weight_cache``
+            bytes, else from disk), evicting an idle unpinned one.
 
     Raises:
         seallm.models.CheckpointError: unsupported architecture or malformed checkpoint.
@@ -68,15 +74,24 @@ class LLM:
         policy_options: dict | None = None,
         preemption_mode: str = "swap",
         swap_space: int | str = "4GiB",
+        max_resident_models: int | None = None,
+        weights_memory: int | str | None = None,
+        host_weight_cache: int | str = "8GiB",
+        residency_policy: str = "seallm",
+        pinned: Sequence[str] = (),
     ) -> None:
         if not models:
             raise ValueError("LLM needs at least one model: models={'name': '/path/to/checkpoint'}")
+        unknown = set(pinned) - set(models)
+        if unknown:
+            raise ValueError(f"pinned models {sorted(unknown)} are not in models")
         cfg = DeploymentConfig(
-            models=tuple(ModelEntry(n, p, dtype) for n, p in models.items()), device=device,
+            models=tuple(ModelEntry(n, p, dtype, n in set(pinned)) for n, p in models.items()), device=device,
             kv_cache_memory=kv_cache_memory, page_size_bytes=page_size_bytes, scheduling_policy=scheduling_policy,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization, policy_options=dict(policy_options or {}),
-            preemption_mode=preemption_mode, swap_space=swap_space)
+            preemption_mode=preemption_mode, swap_space=swap_space, max_resident_models=max_resident_models,
+            weights_memory=weights_memory, host_weight_cache=host_weight_cache, residency_policy=residency_policy)
         stack = build_engine(cfg)
         self.configs: dict[str, ModelConfig] = stack.model_configs
         self.kv = stack.kv
@@ -87,7 +102,41 @@ class LLM:
 
     @property
     def model_names(self) -> list[str]:
+        """Every model of the deployment (resident or not)."""
         return list(self.configs)
+
+    @property
+    def resident_models(self) -> list[str]:
+        """The models whose weights are on the device now."""
+        return [m for m in self.configs if self.core.is_resident(m)]
+
+    def load_model(self, name: str) -> None:
+        """Make ``name`` resident now (evicting an idle unpinned model if needed).
+
+        Raises:
+            ValueError: an unknown model; RuntimeError: its load failed.
+        """
+        self.core.load_model(name)
+        self._settle(lambda: self.core.is_resident(name), name)
+
+    def unload_model(self, name: str) -> None:
+        """Take ``name`` off the device (its weights stay in the host cache).
+
+        Raises:
+            ValueError: an unknown or pinned model.
+        """
+        self.core.unload_model(name, force=True)
+        self._settle(lambda: not self.core.is_resident(name), name)
+
+    def _settle(self, done, name: str) -> None:
+        while not done():
+            self.core.step()
+            failed = [e for e in self.core.events if e.kind == "load_failed" and e.model == name]
+            self.core.events.clear()
+            if failed:
+                raise RuntimeError(f"model {name!r} could not be loaded: {failed[0].error}")
+            if self.core.idle:
+                time.sleep(0.001)
 
     def generate(
         self,
@@ -126,7 +175,11 @@ class LLM:
                 self.core.add_request(r)
             pending = {r.request_id for r in reqs}
             while pending:
-                for r in self.core.step():
+                updated = self.core.step()
+                self.core.events.clear()
+                if self.core.idle and not updated:
+                    time.sleep(0.001)  # only a model load is under way
+                for r in updated:
                     d = dets.get(r.request_id)
                     if d is not None:
                         d.add(r.output_token_ids[-1:])
@@ -157,12 +210,12 @@ class LLM:
 
     def _only_model(self) -> str:
         if len(self.configs) != 1:
-            raise ValueError(f"several models are resident ({', '.join(self.configs)}); pass model=")
+            raise ValueError(f"several models are served ({', '.join(self.configs)}); pass model=")
         return next(iter(self.configs))
 
     def _make_request(self, prompt: Any, params: SamplingParams, name: str) -> Request:
         if name not in self.configs:
-            raise ValueError(f"unknown model {name!r}; resident: {', '.join(self.configs)}")
+            raise ValueError(f"unknown model {name!r}; models: {', '.join(self.configs)}")
         cfg = self.configs[name]
         if isinstance(prompt, str):
             tok = self.tokenizers[name]

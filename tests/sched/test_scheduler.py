@@ -204,7 +204,7 @@ def test_abort_frees_pages_mid_request():
 
 def test_add_request_errors():
     core, _ = make_core(num_pages=2)
-    with pytest.raises(ValueError, match="not resident"):
+    with pytest.raises(ValueError, match="not served here"):
         core.add_request(req("x", model="zzz"))
     with pytest.raises(ValueError, match="whole pool"):
         core.add_request(req("y", n_prompt=10, max_tokens=100))

@@ -6,8 +6,10 @@ import logging
 from dataclasses import replace
 
 from seallm.core import Clock, FinishReason, Request, StepPlan, StepResult, WallClock
-from seallm.engine.executor import Executor
+from seallm.engine.executor import Executor, ModelLoader
+from seallm.engine.messages import ModelEvent
 from seallm.sched import Scheduler
+from seallm.sched.residency import ResidencyManager
 
 logger = logging.getLogger("seallm.engine")
 
@@ -17,26 +19,107 @@ class ReplicaCore:
 
     Args:
         scheduler: queues, KV pages and policy of the device.
-        executor: runs a plan (torch model runner, or a cost model in the simulator).
+        executor: runs a plan (torch model runner, or a cost model in the simulator); to load
+            and unload models at run time it must also be a :class:`ModelLoader`.
         clock: source of ``now`` in seconds.
+        residency: which models are resident and what to load next (None: a fixed set).
+
+    Residency changes happen at iteration boundaries, at the start of :meth:`step`: finished
+    loads make their models resident, then the manager's evictions and next load run. They
+    are reported in ``events`` (:class:`ModelEvent`), which the caller drains.
     """
 
-    def __init__(self, scheduler: Scheduler, executor: Executor, clock: Clock | None = None) -> None:
+    def __init__(self, scheduler: Scheduler, executor: Executor, clock: Clock | None = None,
+                 residency: ResidencyManager | None = None) -> None:
         self.scheduler = scheduler
         self.executor = executor
         self.clock = clock or WallClock()
+        self.residency = residency
         self.num_steps = 0
+        self.events: list[ModelEvent] = []
+        self.idle = False  # the last step ran no iteration (nothing runnable, or only loads)
 
     def add_request(self, request: Request) -> None:
-        """Queue a request (see :meth:`Scheduler.add_request` for the errors raised)."""
+        """Queue a request (see :meth:`Scheduler.add_request` for the errors raised). A request
+        of a non-resident model is held until the model is loaded; its budget includes the
+        predicted load time (``SchedulingPolicy.on_model_delay``)."""
+        rm = self.residency
+        if rm is not None and request.model in self.scheduler.waiting:
+            delay = 0.0 if self.scheduler.is_resident(request.model) else rm.predicted_load_s(request.model)
+            self.scheduler.policy.on_model_delay(request.model, delay)
         self.scheduler.add_request(request)
+        if rm is not None:
+            rm.on_arrival(request.model, request.arrival_time)
+
+    # ---- residency ---------------------------------------------------------------------------
+    def load_model(self, model: str) -> None:
+        """Ask for ``model`` to be made resident (room is made by the residency policy).
+
+        Raises:
+            ValueError: an unknown model, or an executor that cannot load models.
+        """
+        self._check_dynamic(model)
+        self.residency.request_load(model)
+
+    def unload_model(self, model: str, force: bool = False) -> None:
+        """Ask for ``model`` to leave the device: once its current requests finished, or at
+        the next boundary with ``force`` (they are aborted).
+
+        Raises:
+            ValueError: an unknown or pinned model, or an executor that cannot unload models.
+        """
+        self._check_dynamic(model)
+        self.residency.request_unload(model, force, self.scheduler)
+
+    def is_resident(self, model: str) -> bool:
+        return self.scheduler.is_resident(model)
+
+    def _check_dynamic(self, model: str) -> None:
+        if model not in self.scheduler.specs:
+            raise ValueError(f"unknown model {model!r}; models: {sorted(self.scheduler.specs)}")
+        if self.residency is None or not isinstance(self.executor, ModelLoader):
+            raise ValueError("this replica's executor cannot load or unload models")
+
+    def _manage_residency(self) -> list[Request]:
+        """Apply finished loads, then this boundary's evictions and next load; returns the
+        requests finished here (aborted by a forced unload, or failed with a failed load)."""
+        rm, sched = self.residency, self.scheduler
+        if rm is None or not isinstance(self.executor, ModelLoader):
+            return []
+        now = self.clock.now()
+        out: list[Request] = []
+        for ev in self.executor.poll_loads():
+            self.events.append(ev)
+            if ev.kind == "loaded":
+                sched.add_model(ev.model)
+                rm.on_loaded(ev.model, ev.seconds, ev.weights_bytes, [r.request_id for r in sched.waiting[ev.model]])
+                logger.info("model %s loaded from %s in %.2f s", ev.model, ev.source, ev.seconds)
+            else:
+                rm.on_load_failed(ev.model)
+                logger.error("model %s failed to load: %s", ev.model, ev.error)
+                for r in list(sched.waiting[ev.model]):
+                    sched.finish_request(r.request_id, FinishReason.ABORT, now)
+                    r.error = f"model {ev.model!r} could not be loaded: {ev.error}"
+                    out.append(r)
+        decision = rm.step(sched, now)
+        for model, abort in decision.evict:
+            out += sched.remove_model(model, now, abort=abort)
+            self.executor.unload(model)
+            rm.on_unloaded(model)
+            self.events.append(ModelEvent(model, "unloaded"))
+            logger.info("model %s unloaded%s", model, " (forced)" if abort else "")
+        if decision.load is not None:
+            rm.on_load_started(decision.load)
+            self.executor.start_load(decision.load)
+        return out
 
     def abort_request(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> Request | None:
         """End a request now and free its KV pages; None if it was unknown or done."""
         return self.scheduler.finish_request(request_id, reason, self.clock.now())
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Requests queued or running, or a residency change under way or asked for."""
+        return self.scheduler.has_unfinished() or (self.residency is not None and self.residency.has_pending())
 
     def step(self) -> list[Request]:
         """Run one iteration; returns the requests that got a token (finished ones included)
@@ -47,14 +130,18 @@ class ReplicaCore:
         page copies, which already ran); a sequence that fails alone is finished with an
         error, the others keep their results.
         """
+        done = self._manage_residency()
         plan = self.plan()
+        self.idle = plan is None
         if plan is None:
-            return []
+            return done
+        if self.residency is not None:
+            self.residency.on_run(plan.model, self.clock.now())
         try:
             result = self.executor.execute(plan)
         except Exception as e:  # noqa: BLE001 - isolate whatever failed
-            return self._isolate(plan, e)
-        return self.apply(plan, result)
+            return done + self._isolate(plan, e)
+        return done + self.apply(plan, result)
 
     def plan(self) -> StepPlan | None:
         """First half of an iteration: the scheduler's plan at ``clock.now()`` (None: nothing

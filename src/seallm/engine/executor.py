@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from seallm.core import StepPlan, StepResult
+from seallm.engine.messages import ModelEvent
 
 
 class Executor(Protocol):
@@ -19,3 +20,20 @@ class Executor(Protocol):
     """
 
     def execute(self, plan: StepPlan) -> StepResult: ...
+
+
+@runtime_checkable
+class ModelLoader(Protocol):
+    """An executor that loads and unloads models while it serves the others.
+
+    ``start_load`` begins loading a model's weights onto the device (in the background:
+    iterations of resident models go on); ``poll_loads`` returns the loads finished since
+    the last call as ``ModelEvent(kind="loaded" | "load_failed")``; ``unload`` drops a
+    model's weights from the device at once (its requests hold no pages by then).
+    """
+
+    def start_load(self, model: str) -> None: ...
+
+    def poll_loads(self) -> list[ModelEvent]: ...
+
+    def unload(self, model: str) -> None: ...

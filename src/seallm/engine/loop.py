@@ -20,13 +20,14 @@ from collections.abc import Callable
 
 from seallm.core import FinishReason, Request
 from seallm.engine.core import ReplicaCore
-from seallm.engine.messages import (AbortRequests, AddRequest, Delta, EngineOutputs, FromEngine, ModelInfo,
-                                    ModelStats, Ready, Shutdown, ToEngine)
+from seallm.engine.messages import (AbortRequests, AddRequest, ControlReply, Delta, EngineOutputs, FromEngine,
+                                    LoadModel, ModelInfo, ModelStats, Ready, Shutdown, ToEngine, UnloadModel)
 from seallm.engine.requests import ModelLimits, new_request
 
 logger = logging.getLogger("seallm.engine")
 
 IDLE_POLL_MS = 50
+WAIT_POLL_MS = 5  # while work waits only for a model load
 STATS_EVERY_S = 0.25
 
 Inbox = Callable[[int], "ToEngine | None"]
@@ -61,16 +62,23 @@ class EngineLoop:
         self.sent: dict[str, int] = {}  # request id -> output tokens already sent
         self._last_stats = 0.0
         self._waiting_tokens: dict[str, int] = {}  # per model, valid for one inbox drain
+        self._ops: list[LoadModel | UnloadModel] = []  # load/unload operations not finished yet
 
     def run(self) -> None:
         """Announce ``Ready``, then serve until a ``Shutdown`` message arrives."""
+        rm = self.core.residency
+        pinned = rm.config.pinned if rm is not None else frozenset()
         self._send(Ready(
             models=[ModelInfo(n, getattr(c, "path", ""), getattr(c, "architecture", ""), c.max_model_len,
-                              c.vocab_size, self.kv.capacity_tokens(n)) for n, c in self.configs.items()],
+                              c.vocab_size, self.sched.capacity_tokens(n), self.core.is_resident(n), n in pinned)
+                    for n, c in self.configs.items()],
             scheduling_policy=self.sched.policy.name, num_pages=self.kv.pool.num_pages,
             page_size_bytes=self.kv.pool.page_size_bytes))
         while True:
-            timeout = 0 if self.core.has_unfinished() else IDLE_POLL_MS
+            if not self.core.has_unfinished():
+                timeout = IDLE_POLL_MS
+            else:
+                timeout = WAIT_POLL_MS if self.core.idle else 0
             acks: list[Delta] = []
             self._waiting_tokens.clear()
             self._oldest_waiting.clear()
@@ -94,12 +102,34 @@ class EngineLoop:
                     deltas.append(self._delta(r))
                 step_time = time.perf_counter() - t0
             now = self.core.clock.now()
-            if deltas or now - self._last_stats > STATS_EVERY_S:
+            events, self.core.events = self.core.events, []
+            replies = self._finished_ops(events)
+            if deltas or events or replies or now - self._last_stats > STATS_EVERY_S:
                 stats = None
-                if now - self._last_stats > STATS_EVERY_S or not self.core.has_unfinished():
+                if now - self._last_stats > STATS_EVERY_S or not self.core.has_unfinished() or events:
                     stats = self._stats()
                     self._last_stats = now
-                self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time))
+                self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time, events, replies))
+
+    def _finished_ops(self, events) -> list[ControlReply]:
+        """Replies for the load/unload operations that are done (or failed) now."""
+        failed = {e.model: e.error for e in events if e.kind == "load_failed"}
+        out, left = [], []
+        for op in self._ops:
+            if isinstance(op, LoadModel):
+                if op.model in failed:
+                    out.append(ControlReply(op.op_id, f"model {op.model!r} could not be loaded: {failed[op.model]}",
+                                            500))
+                elif self.core.is_resident(op.model):
+                    out.append(ControlReply(op.op_id))
+                else:
+                    left.append(op)
+            elif not self.core.is_resident(op.model):
+                out.append(ControlReply(op.op_id))
+            else:
+                left.append(op)
+        self._ops = left
+        return out
 
     def _admission_error(self, model: str, num_prompt_tokens: int) -> str | None:
         """Why a new request of ``model`` is refused (its waiting queue is full), or None."""
@@ -150,6 +180,21 @@ class EngineLoop:
                 acks.append(Delta(msg.request_id, [], finish_reason="abort",
                                   error=f"the engine could not queue this request ({type(e).__name__})",
                                   error_status=500))
+        elif isinstance(msg, (LoadModel, UnloadModel)):
+            if msg.model not in self.configs:
+                self._send(EngineOutputs([], None, self.kv.pool.num_free, 0.0, [], [ControlReply(
+                    msg.op_id, f"The model `{msg.model}` does not exist.", 404)]))
+                return
+            try:
+                if isinstance(msg, LoadModel):
+                    self.core.load_model(msg.model)
+                else:
+                    self.core.unload_model(msg.model, msg.force)
+            except ValueError as e:
+                self._send(EngineOutputs([], None, self.kv.pool.num_free, 0.0, [], [ControlReply(msg.op_id, str(e),
+                                                                                                   409)]))
+                return
+            self._ops.append(msg)
         elif isinstance(msg, AbortRequests):
             reason = FinishReason(msg.reason) if msg.reason in ("stop", "abort") else FinishReason.ABORT
             for rid in msg.request_ids:
@@ -189,7 +234,12 @@ class EngineLoop:
 
     def _stats(self) -> dict[str, ModelStats]:
         used = self.kv.pages_used_by_model()
-        return {m: ModelStats(self.sched.num_running(m), self.sched.num_waiting(m), used.get(m, 0),
-                              self.sched.num_swapped(m), self.sched.preemptions_by_model.get(m, 0),
-                              self.sched.swap_outs_by_model.get(m, 0))
-                for m in self.configs}
+        rm = self.core.residency
+        out = {}
+        for m in self.configs:
+            resident = self.core.is_resident(m)
+            wb = rm.weights_bytes.get(m, 0) if rm is not None and resident else 0
+            out[m] = ModelStats(self.sched.num_running(m), self.sched.num_waiting(m), used.get(m, 0),
+                                self.sched.num_swapped(m), self.sched.preemptions_by_model.get(m, 0),
+                                self.sched.swap_outs_by_model.get(m, 0), resident, wb)
+        return out

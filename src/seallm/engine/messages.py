@@ -1,6 +1,7 @@
 """Compact messages between the HTTP front end and an engine-core process (msgpack via msgspec).
 
-Front end -> engine: :class:`AddRequest`, :class:`AbortRequests`, :class:`Shutdown`.
+Front end -> engine: :class:`AddRequest`, :class:`AbortRequests`, :class:`LoadModel`,
+:class:`UnloadModel`, :class:`Shutdown`.
 Engine -> front end: :class:`Ready` once, then :class:`EngineOutputs` per iteration.
 """
 
@@ -43,6 +44,8 @@ class ModelInfo(msgspec.Struct, array_like=True):
     max_model_len: int
     vocab_size: int
     kv_capacity_tokens: int
+    resident: bool = True  # at start; later changes arrive as ModelEvents
+    pinned: bool = False
 
 
 class Ready(msgspec.Struct, tag="ready", array_like=True):
@@ -83,15 +86,60 @@ class ModelStats(msgspec.Struct, array_like=True):
     swapped: int = 0  # waiting requests whose KV is in host memory
     preemptions: int = 0  # since start (recompute and swap)
     swap_outs: int = 0  # since start
+    resident: bool = True
+    weights_bytes: int = 0  # on the device while resident
+
+
+class ModelEvent(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A model's residency changed on the replica.
+
+    ``kind``: "loaded" (``source`` "host_cache" or "disk", ``seconds`` the load time,
+    ``weights_bytes`` on the device), "unloaded", or "load_failed" (``error`` says why).
+    """
+
+    model: str
+    kind: str
+    source: str = ""
+    seconds: float = 0.0
+    weights_bytes: int = 0
+    error: str | None = None
+
+
+class LoadModel(msgspec.Struct, tag="load", array_like=True):
+    """Make a model resident (``POST /v1/models/{name}/load``); answered by a ``ControlReply``
+    once it is."""
+
+    op_id: str
+    model: str
+
+
+class UnloadModel(msgspec.Struct, tag="unload", array_like=True):
+    """Take a model off the device once its current requests finished (``force``: at once,
+    aborting them); answered by a ``ControlReply`` once it is off."""
+
+    op_id: str
+    model: str
+    force: bool = False
+
+
+class ControlReply(msgspec.Struct, array_like=True, omit_defaults=True):
+    """The end of a load or unload: ``error`` (with the HTTP ``status``) when it failed."""
+
+    op_id: str
+    error: str | None = None
+    status: int = 200
 
 
 class EngineOutputs(msgspec.Struct, tag="outputs", array_like=True):
-    """Deltas of one iteration plus load statistics (per model)."""
+    """Deltas of one iteration plus load statistics (per model), residency changes and
+    finished control operations."""
 
     deltas: list[Delta]
     stats: dict[str, ModelStats] | None = None
     kv_pages_free: int = 0
     step_time: float = 0.0
+    events: list[ModelEvent] = []
+    replies: list[ControlReply] = []
 
 
 class EngineError(msgspec.Struct, tag="error", array_like=True):
@@ -100,5 +148,5 @@ class EngineError(msgspec.Struct, tag="error", array_like=True):
     message: str
 
 
-ToEngine = AddRequest | AbortRequests | Shutdown
+ToEngine = AddRequest | AbortRequests | LoadModel | UnloadModel | Shutdown
 FromEngine = Ready | EngineOutputs | EngineError

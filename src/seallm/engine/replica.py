@@ -20,16 +20,21 @@ from seallm.engine.core import ReplicaCore
 from seallm.engine.executor import Executor
 from seallm.kv import KVCacheManager, KVSpec, PagePool, default_page_size_bytes
 from seallm.sched import Scheduler, SchedulerConfig, SchedulingPolicy, make_policy
+from seallm.sched.residency import ResidencyConfig, ResidencyManager, initial_residents
 
 logger = logging.getLogger("seallm")
 
 
 @dataclass(frozen=True)
 class ReplicaModel:
-    """A model the replica may hold: its served name and the shape of its KV cache."""
+    """A model the replica may hold: its served name, the shape of its KV cache, the bytes
+    of its weights on the device (0: unknown, counts as 0 against ``weights_memory``), and
+    whether it is pinned (never unloaded)."""
 
     name: str
     kv_spec: KVSpec
+    weights_bytes: int = 0
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,11 @@ class ReplicaSpec:
         scheduler: token budget, sequences per iteration, preemption mode.
         scheduling_policy, policy_options: the policy by name and its knobs.
         profiles_path: where the ``seallm`` policy keeps service profiles (loaded if present).
+        max_resident_models: most models resident at once (None: all); the others are
+            loaded on demand (:mod:`seallm.sched.residency`).
+        weights_memory_bytes: device bytes for resident weights (None: no limit).
+        residency_policy: ``"seallm"`` (load by urgency, evict the least requested idle
+            model) or ``"lru"`` (load in arrival order, evict the least recently used).
 
     Raises:
         ValueError: no models, duplicate names, a non-positive size, or an unknown policy.
@@ -62,6 +72,9 @@ class ReplicaSpec:
     scheduling_policy: str = "seallm"
     policy_options: Mapping = field(default_factory=dict)
     profiles_path: str | None = None
+    max_resident_models: int | None = None
+    weights_memory_bytes: int | None = None
+    residency_policy: str = "seallm"
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -75,6 +88,20 @@ class ReplicaSpec:
             raise ValueError("tensor_parallel_size > 1 is not supported yet")
         if self.swap_space_bytes < 0:
             raise ValueError(f"swap_space_bytes must be >= 0, got {self.swap_space_bytes}")
+        self.residency_config()  # validates
+
+    def residency_config(self) -> ResidencyConfig:
+        return ResidencyConfig(self.max_resident_models, self.weights_memory_bytes,
+                               frozenset(m.name for m in self.models if m.pinned), self.residency_policy)
+
+    def initial_residents(self) -> list[str]:
+        """Models resident at start: pinned ones, then the others in order while they fit.
+
+        Raises:
+            ValueError: the limits leave some model unloadable.
+        """
+        return initial_residents([m.name for m in self.models], {m.name: m.weights_bytes for m in self.models},
+                                 self.residency_config())
 
     @property
     def page_bytes(self) -> int:
@@ -88,14 +115,16 @@ class ReplicaLayout:
 
     Attributes:
         num_pages: device pages of the pool; page_size_bytes: bytes per page.
-        tokens_per_page: model -> its tokens per page.
+        tokens_per_page: model -> its tokens per page (every model the replica may hold).
         num_host_pages: pages of the host swap space (0: no swapping).
+        resident: the models resident at start, whose weights the executor must hold.
     """
 
     num_pages: int
     page_size_bytes: int
     tokens_per_page: Mapping[str, int]
     num_host_pages: int
+    resident: tuple[str, ...] = ()
 
 
 @dataclass
@@ -126,15 +155,21 @@ def build_replica(spec: ReplicaSpec, executor_factory: Callable[[ReplicaLayout],
         raise ValueError(f"a KV pool of {spec.kv_cache_bytes} bytes is smaller than one page ({page} bytes)")
     host_pages = spec.swap_space_bytes // page if spec.scheduler.preemption_mode == "swap" else 0
     kv = KVCacheManager(PagePool(num_pages, page), PagePool(host_pages, page) if host_pages else None)
+    residents = spec.initial_residents()
+    by_name = {m.name: m for m in spec.models}
+    for name in residents:
+        kv.add_model(name, by_name[name].kv_spec)
+    tpp = {}
     for m in spec.models:
-        kv.add_model(m.name, m.kv_spec)
-    layout = ReplicaLayout(num_pages, page, {m.name: kv.tokens_per_page(m.name) for m in spec.models}, host_pages)
+        tpp[m.name] = m.kv_spec.tokens_per_page(page)  # raises for a token larger than a page
+    layout = ReplicaLayout(num_pages, page, tpp, host_pages, tuple(residents))
     executor = executor_factory(layout)
     if policy is None:
         policy = make_policy(spec.scheduling_policy, dict(spec.policy_options))
         if spec.profiles_path and os.path.exists(spec.profiles_path) and hasattr(policy, "load_profiles"):
             logger.info("seallm: service profiles of %s loaded from %s", policy.load_profiles(spec.profiles_path),
                         spec.profiles_path)
-    scheduler = Scheduler(kv, policy, spec.scheduler)
-    core = ReplicaCore(scheduler, executor, clock or WallClock())
+    scheduler = Scheduler(kv, policy, spec.scheduler, specs={m.name: m.kv_spec for m in spec.models})
+    residency = ResidencyManager(spec.residency_config(), {m.name: m.weights_bytes for m in spec.models}, residents)
+    core = ReplicaCore(scheduler, executor, clock or WallClock(), residency)
     return Replica(spec, layout, core, kv, scheduler)

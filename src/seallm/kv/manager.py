@@ -46,6 +46,27 @@ class KVCacheManager:
         self._tokens_per_page[name] = spec.tokens_per_page(self.pool.page_size_bytes)
         self._specs[name] = spec
 
+    def remove_model(self, name: str) -> None:
+        """Make ``name`` non-resident (its weights are being unloaded); its tokens-per-page
+        is forgotten, the pool stays as it is.
+
+        Raises:
+            ValueError: an unknown model, or one whose requests still hold device or host
+                pages (free or preempt them first).
+        """
+        if name not in self._specs:
+            raise ValueError(f"model {name!r} is not resident")
+        holders = [rid for rid, m in self._model_of.items() if m == name]
+        if holders:
+            raise ValueError(f"model {name!r} still has {len(holders)} request(s) holding KV pages "
+                             f"(e.g. {holders[0]!r}); free them before removing it")
+        del self._specs[name]
+        del self._tokens_per_page[name]
+        self._pages_by_model.pop(name, None)
+
+    def is_resident(self, name: str) -> bool:
+        return name in self._specs
+
     @property
     def models(self) -> list[str]:
         return list(self._specs)
@@ -204,6 +225,8 @@ class KVCacheManager:
         )
         for m in set(per_model) | set(self._pages_by_model):
             assert per_model[m] == self._pages_by_model[m], f"page count of model {m} is off"
+        for rid, m in self._model_of.items():
+            assert m in self._specs, f"request {rid} holds pages of non-resident model {m}"
         assert set(self._model_of) == set(self._tables) | set(self._host_tables), "stale request models"
         if self.host_pool is None:
             assert not self._host_tables, "host tables without a host pool"

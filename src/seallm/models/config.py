@@ -83,6 +83,22 @@ class ModelConfig:
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling is not None else None
 
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the model as seallm holds it (a tied LM head counted once)."""
+        h, inter, d = self.hidden_size, self.intermediate_size, self.head_dim
+        qd, kvd = self.num_heads * d, self.num_kv_heads * d
+        layer = (qd + 2 * kvd) * h + h * qd + 3 * inter * h + 2 * h
+        layer += (qd + 2 * kvd) * self.qkv_bias + h * self.o_bias + (2 * inter + h) * self.mlp_bias
+        layer += 2 * d * self.qk_norm
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * layer + embed + h
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of the weights in ``dtype`` (what a load puts on the device)."""
+        return self.num_parameters * _DTYPE_BYTES[self.dtype]
+
 def normalize_dtype(dtype: str) -> str:
     """``"bf16"`` -> ``"bfloat16"`` and so on; raises ``ValueError`` for an unknown dtype."""
     try:

@@ -40,6 +40,10 @@ class SchedulingPolicy(ABC):
     def on_arrival(self, request: "Request", now: float) -> None:
         """A request was queued. Default: nothing."""
 
+    def on_model_delay(self, model: str, seconds: float) -> None:
+        """Requests of ``model`` queued from now on wait ``seconds`` for it to be loaded
+        (0: it is resident). Default: nothing."""
+
     def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
         """Learn from a finished iteration (profiles, budgets). Default: nothing."""
 

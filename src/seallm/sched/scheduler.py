@@ -8,9 +8,10 @@ and preempts (by recompute, or by swapping to host memory) when pages run out.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping
 
 from seallm.core import FinishReason, PageCopy, Request, RequestStatus, SeqChunk, StepPlan, StepResult
-from seallm.kv import KVCacheManager
+from seallm.kv import KVCacheManager, KVSpec
 from seallm.sched.config import SchedulerConfig
 from seallm.sched.policy import SchedulingPolicy
 
@@ -26,18 +27,31 @@ class Scheduler:
     ``preemption_mode="swap"`` and a KV manager with a host pool, its pages are copied to
     host memory and copied back when it runs again (the plan carries the copies).
 
+    Models loaded and unloaded at run time: the scheduler knows every model the replica may
+    hold (``specs``: those not resident in ``kv`` at construction) and queues requests for
+    all of them, but plans iterations only for resident ones; requests of a non-resident
+    model are held in its waiting queue until :meth:`add_model` makes it resident.
+    :meth:`set_admission` restricts which waiting requests of a model may start (a model
+    being drained before an unload); :meth:`remove_model` takes a model off the device.
+
     Raises:
         ValueError: from :meth:`add_request` for an unknown model, a duplicate id, or a
             request that could not fit in the whole KV pool even alone.
     """
 
-    def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, config: SchedulerConfig | None = None) -> None:
+    def __init__(self, kv: KVCacheManager, policy: SchedulingPolicy, config: SchedulerConfig | None = None,
+                 specs: Mapping[str, KVSpec] | None = None) -> None:
         self.kv = kv
         self.policy = policy
         self.config = config or SchedulerConfig()
+        self.specs: dict[str, KVSpec] = {m: kv.spec(m) for m in kv.models}
+        for m, spec in (specs or {}).items():
+            self.specs.setdefault(m, spec)
         self.requests: dict[str, Request] = {}
-        self.waiting: dict[str, deque[Request]] = {m: deque() for m in kv.models}
-        self.running: dict[str, list[Request]] = {m: [] for m in kv.models}
+        self.waiting: dict[str, deque[Request]] = {m: deque() for m in self.specs}
+        self.running: dict[str, list[Request]] = {m: [] for m in self.specs}
+        # model -> ids of its waiting requests that may still start (absent: all may).
+        self._admissible: dict[str, frozenset[str]] = {}
         self._finished_ids: list[str] = []
         self._swaps: list[PageCopy] = []  # page copies not yet handed to the executor
         self.preemptions_by_model: dict[str, int] = {m: 0 for m in kv.models}
@@ -47,19 +61,88 @@ class Scheduler:
         self._protected: set[str] = set()
 
     # ---- requests ------------------------------------------------------------------------
-    def add_model(self, model: str) -> None:
-        """Start queues for a model made resident in ``kv`` after construction."""
+    def add_model(self, model: str, spec: KVSpec | None = None) -> None:
+        """Make ``model`` resident: its KV shape joins the pool (``spec``, or the one known
+        from construction) and its held requests become schedulable.
+
+        Raises:
+            ValueError: an unknown model without ``spec``, or one already resident.
+        """
+        if spec is None:
+            if model not in self.specs:
+                raise ValueError(f"unknown model {model!r}")
+            spec = self.specs[model]
+        self.kv.add_model(model, spec)
+        self.specs[model] = spec
         self.waiting.setdefault(model, deque())
         self.running.setdefault(model, [])
+        self._admissible.pop(model, None)
+
+    def is_resident(self, model: str) -> bool:
+        return self.kv.is_resident(model)
+
+    def remove_model(self, model: str, now: float, abort: bool = False) -> list[Request]:
+        """Take ``model`` off the device. Its running requests lose their pages (recompute:
+        they start again from their prompt and outputs when it is back) and, with ``abort``,
+        every request of the model is finished with ``abort`` instead; swapped-out requests
+        give back their host pages too. Held requests stay queued for a reload. Returns the
+        aborted requests.
+
+        Raises:
+            ValueError: ``model`` is not resident.
+        """
+        if not self.kv.is_resident(model):
+            raise ValueError(f"model {model!r} is not resident")
+        aborted: list[Request] = []
+        if abort:
+            for r in list(self.running[model]) + list(self.waiting[model]):
+                self._finish(r, FinishReason.ABORT, now)
+                aborted.append(r)
+        for r in list(self.running[model]):
+            self._requeue(r)
+        for r in self.waiting[model]:
+            if r.status is RequestStatus.SWAPPED:
+                self.kv.free(r.request_id)
+                r.num_computed_tokens = 0
+                r.status = RequestStatus.PREEMPTED
+        self.kv.remove_model(model)
+        self._admissible.pop(model, None)
+        return aborted
+
+    def set_admission(self, model: str, allowed: Iterable[str] | None) -> None:
+        """Let only the waiting requests of ``model`` whose ids are in ``allowed`` start from
+        now on (an empty set: none; running ones go on); None lifts the restriction."""
+        if allowed is None:
+            self._admissible.pop(model, None)
+        else:
+            self._admissible[model] = frozenset(allowed)
+
+    def admissible(self, model: str) -> list[Request]:
+        """Waiting requests of a resident ``model`` that may start now."""
+        if not self.kv.is_resident(model):
+            return []
+        allowed = self._admissible.get(model)
+        if allowed is None:
+            return list(self.waiting[model])
+        return [r for r in self.waiting[model] if r.request_id in allowed]
+
+    def num_unfinished(self, model: str) -> int:
+        """Requests of ``model`` queued or running."""
+        return len(self.waiting[model]) + len(self.running[model])
+
+    def capacity_tokens(self, model: str) -> int:
+        """Tokens of ``model`` the whole pool could hold (resident or not)."""
+        return self.kv.pool.num_pages * self.specs[model].tokens_per_page(self.kv.pool.page_size_bytes)
 
     def add_request(self, request: Request) -> None:
-        """Queue ``request`` (status WAITING)."""
+        """Queue ``request`` (status WAITING); a request of a known but non-resident model is
+        held until the model is resident."""
         if request.model not in self.waiting:
-            raise ValueError(f"model {request.model!r} is not resident; resident: {sorted(self.waiting)}")
+            raise ValueError(f"model {request.model!r} is not served here; models: {sorted(self.waiting)}")
         if request.request_id in self.requests:
             raise ValueError(f"duplicate request id {request.request_id!r}")
         need = min(request.num_prompt_tokens + request.params.max_tokens, request.max_model_len)
-        cap = self.kv.capacity_tokens(request.model)
+        cap = self.capacity_tokens(request.model)
         if need > cap:
             raise ValueError(
                 f"request needs up to {need} tokens of KV cache but the whole pool holds {cap} "
@@ -110,8 +193,8 @@ class Scheduler:
     def schedule(self, now: float) -> StepPlan | None:
         """Plan the next iteration, or None when no model has runnable work."""
         runnable = {}
-        for m in self.waiting:
-            rs = [r for r in self.running[m] if r.num_uncomputed_tokens] + list(self.waiting[m])
+        for m in self.kv.models:
+            rs = [r for r in self.running[m] if r.num_uncomputed_tokens] + self.admissible(m)
             if rs:
                 runnable[m] = rs
         for model in self.policy.model_order(runnable, now):
@@ -154,7 +237,7 @@ class Scheduler:
             scheduled.add(r.request_id)
             budget -= n
 
-        waiting = self.waiting[model]
+        waiting = self.admissible(model)
         if not preempted and waiting:
             order = sorted(waiting, key=lambda r: key(r, now))
             admitted = []
@@ -257,7 +340,7 @@ class Scheduler:
         seqs: list[SeqChunk] = []
         scheduled: set[str] = set()
         preempted_now: set[str] = set()
-        cands = [r for r in self.running[model] if r.num_uncomputed_tokens] + list(self.waiting[model])
+        cands = [r for r in self.running[model] if r.num_uncomputed_tokens] + self.admissible(model)
         cands.sort(key=lambda r: key(r, now))
         eligible = cands[: cfg.max_num_seqs]
         decodes = [r for r in eligible if r.status is RequestStatus.RUNNING and r.num_uncomputed_tokens == 1]
@@ -333,8 +416,9 @@ class Scheduler:
         waiting request is never overtaken for pages by another model's lower one."""
         key = self.policy.priority_key
         out = []
-        for m, q in self.waiting.items():
-            if m != model and q:
+        for m in self.kv.models:
+            q = self.admissible(m) if m != model else None
+            if q:
                 h = min(q, key=lambda r: key(r, now))
                 out.append((key(h, now), self._pages_to_admit(h, h.num_tokens)))
         return out
@@ -363,6 +447,16 @@ class Scheduler:
         cands = [r for q in self.running.values() for r in q
                  if r.request_id not in exclude and not (spare_spent and self._spent(r))]
         return max(cands, key=lambda r: key(r, now)) if cands else None
+
+    def _requeue(self, r: Request) -> None:
+        """A running request loses its device pages and will be recomputed (its model is
+        leaving the device); not counted as a preemption."""
+        self.kv.free(r.request_id)
+        r.num_computed_tokens = 0
+        r.status = RequestStatus.PREEMPTED
+        self.running[r.model].remove(r)
+        self._protected.discard(r.request_id)
+        self.waiting[r.model].appendleft(r)
 
     def _preempt(self, r: Request) -> None:
         """Take a running request's device pages: swap them out when the mode and the swap
@@ -441,6 +535,7 @@ class Scheduler:
         assert len(queued) == len(set(queued)), "a request is queued twice"
         assert set(queued) == set(self.requests), "requests and queues disagree"
         for m, q in self.running.items():
+            assert not q or self.kv.is_resident(m), f"non-resident model {m} has running requests"
             for r in q:
                 assert r.status is RequestStatus.RUNNING, f"{r.request_id} in running with {r.status}"
                 need = self.kv.pages_needed(m, r.num_computed_tokens)

@@ -177,6 +177,7 @@ class SeaLLMPolicy(SchedulingPolicy):
             import scipy.optimize  # noqa: F401  (imported now, not in the middle of serving)
         self._steps = 0
         self._prev_now: float | None = None
+        self._model_delay: dict[str, float] = {}
 
     def profile(self, model: str) -> ServiceProfile:
         p = self.profiles.get(model)
@@ -226,8 +227,12 @@ class SeaLLMPolicy(SchedulingPolicy):
             budget = self.profile(request.model).estimate(request.num_prompt_tokens, c.output_quantile)
         else:
             budget = c.agnostic_budget_s
+        budget += self._model_delay.get(request.model, 0.0)  # held for a model load: Ê includes it
         self._state[request.request_id] = _DBState(max(budget, 1e-6), last_ran=request.arrival_time,
                                                    request=request)
+
+    def on_model_delay(self, model: str, seconds: float) -> None:
+        self._model_delay[model] = max(0.0, float(seconds))
 
     def _st(self, request: "Request", now: float) -> _DBState:
         st = self._state.get(request.request_id)

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import seallm
 from seallm.deploy import DeploymentConfig
-from seallm.server.engine_client import EngineClient
+from seallm.server.engine_client import ControlError, EngineClient, EngineDeadError
 from seallm.kv import parse_bytes
 from seallm.server.errors import APIError, error_body, error_response
 from seallm.server.metrics import ServerMetrics
@@ -54,6 +54,7 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         app.state.engine = engine
         app.state.metrics = metrics
         engine.on_restart.append(metrics.engine_restarts.inc)
+        engine.on_model_event.append(metrics.observe_model_event)
 
         def _restarted(r) -> None:  # same models; the KV pool may be sized anew from free memory
             for info in r.models:
@@ -138,7 +139,32 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
     def model_card(st, name: str, m: ServedModel) -> dict:
         # No filesystem path: "root" is the served name, as vLLM reports for a named model.
         return {"id": name, "object": "model", "created": st.created, "owned_by": "seallm", "root": name,
-                "parent": None, "max_model_len": m.info.max_model_len}
+                "parent": None, "max_model_len": m.info.max_model_len,
+                "resident": st.engine.state.resident.get(name, m.info.resident), "pinned": m.info.pinned}
+
+    async def _control(request: Request, model_id: str, call) -> JSONResponse:
+        st = request.app.state
+        if model_id not in st.serving.models:
+            raise APIError(f"The model `{model_id}` does not exist.", 404, "model", "model_not_found")
+        try:
+            await call
+        except EngineDeadError as e:
+            headers = {"Retry-After": str(math.ceil(e.retry_after))} if e.retry_after else None
+            return JSONResponse(error_body(str(e), 503), status_code=503, headers=headers)
+        except ControlError as e:
+            return JSONResponse(error_body(str(e), e.status), status_code=e.status)
+        return JSONResponse(model_card(st, model_id, st.serving.models[model_id]))
+
+    @app.post("/v1/models/{model_id:path}/load")
+    async def load_model(model_id: str, request: Request):
+        """Make a model resident (evicting an idle one if needed); answers once it is."""
+        return await _control(request, model_id, request.app.state.engine.load_model(model_id))
+
+    @app.post("/v1/models/{model_id:path}/unload")
+    async def unload_model(model_id: str, request: Request, force: bool = False):
+        """Take a model off the device once its in-flight requests finished (``force=true``:
+        now, aborting them); answers once it is off."""
+        return await _control(request, model_id, request.app.state.engine.unload_model(model_id, force))
 
     @app.get("/v1/models")
     async def list_models(request: Request):
@@ -189,6 +215,8 @@ def _document_errors(app: FastAPI) -> None:
     statuses = {"400": "Invalid request", "401": "Invalid or missing API key", "404": "Unknown model",
                 "413": "Request body too large", "429": "Waiting queue of the model full (see Retry-After)",
                 "503": "Engine not running (see Retry-After)"}
+    control = {"401": statuses["401"], "404": statuses["404"], "409": "Model pinned, or no room can be made",
+               "500": "The model could not be loaded", "503": statuses["503"]}
 
     def openapi() -> dict:
         if app.openapi_schema:
@@ -200,7 +228,10 @@ def _document_errors(app: FastAPI) -> None:
             for method, op in item.items():
                 responses = op.setdefault("responses", {})
                 responses.pop("422", None)
-                if method == "post":
+                if method == "post" and path.endswith(("/load", "/unload")):
+                    for code, desc in control.items():
+                        responses[code] = {"description": desc, **ref}
+                elif method == "post":
                     for code, desc in statuses.items():
                         responses[code] = {"description": desc, **ref}
                 elif path.startswith("/v1/models/"):

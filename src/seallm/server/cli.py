@@ -38,6 +38,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-body", default=None, help="largest request body, e.g. 4MiB (default); 413 beyond")
     p.add_argument("--allow-request-chat-template", action="store_true", default=None,
                    help="accept chat_template in chat_template_kwargs (rendered in a child process, time-limited)")
+    p.add_argument("--max-resident-models", type=int, default=None,
+                   help="most models on the device at once; others load on demand, evicting an idle one")
+    p.add_argument("--weights-memory", default=None, help="device memory for resident weights, e.g. 2GiB")
+    p.add_argument("--host-weight-cache", default=None,
+                   help="host memory keeping unloaded models' weights for fast reloads (default 8GiB; 0: none)")
+    p.add_argument("--residency-policy", default=None, choices=("seallm", "lru"),
+                   help="which model loads next and which makes room (default seallm)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_serve)
@@ -72,7 +79,9 @@ def deployment_from_args(args: argparse.Namespace):
                               max_queue_delay_s=args.max_queue_delay_s,
                               max_sequences_per_request=args.max_sequences_per_request,
                               max_request_body=args.max_request_body,
-                              allow_request_chat_template=args.allow_request_chat_template)
+                              allow_request_chat_template=args.allow_request_chat_template,
+                              max_resident_models=args.max_resident_models, weights_memory=args.weights_memory,
+                              host_weight_cache=args.host_weight_cache, residency_policy=args.residency_policy)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -26,8 +26,8 @@ import zmq
 import zmq.asyncio
 
 from seallm.deploy import DeploymentConfig
-from seallm.engine.messages import (AbortRequests, AddRequest, Delta, EngineError, EngineOutputs, FromEngine,
-                                    ModelStats, Ready, Shutdown)
+from seallm.engine.messages import (AbortRequests, AddRequest, ControlReply, Delta, EngineError, EngineOutputs,
+                                    FromEngine, LoadModel, ModelEvent, ModelStats, Ready, Shutdown, UnloadModel)
 
 logger = logging.getLogger("seallm.server")
 
@@ -55,10 +55,19 @@ class _Route:
 
 @dataclass
 class EngineState:
-    """Latest load statistics reported by the engine."""
+    """Latest load statistics reported by the engine, and which models are resident."""
 
     stats: dict[str, ModelStats] = field(default_factory=dict)
     kv_pages_free: int = 0
+    resident: dict[str, bool] = field(default_factory=dict)
+
+
+class ControlError(RuntimeError):
+    """A load or unload the engine refused or could not do; ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RestartPolicy:
@@ -132,6 +141,8 @@ class EngineClient:
         self.retry_at: float | None = None  # loop time of the next restart attempt, while "restarting"
         self.on_restart: list[Callable[[], None]] = []  # called at each restart attempt
         self.on_ready: list[Callable[[Ready], None]] = []  # called when a restarted engine is ready
+        self.on_model_event: list[Callable[[ModelEvent], None]] = []  # a model loaded or unloaded
+        self._ops: dict[str, asyncio.Future] = {}  # load/unload operation id -> its reply
         self.start_timeout = 600.0
         self.policy = policy or RestartPolicy.from_config(cfg)
         self._routes: dict[str, _Route] = {}
@@ -175,6 +186,7 @@ class EngineClient:
         """
         self.start_timeout = timeout
         self.ready = await self._spawn(timeout)
+        self.state.resident = {m.name: m.resident for m in self.ready.models}
         self.status = OK
         self._supervisor = asyncio.create_task(self._supervise(), name="seallm-engine-supervisor")
         return self.ready
@@ -265,6 +277,15 @@ class EngineClient:
             if msg.stats is not None:
                 self.state.stats = msg.stats
             self.state.kv_pages_free = msg.kv_pages_free
+            for ev in msg.events:
+                if ev.kind in ("loaded", "unloaded"):
+                    self.state.resident[ev.model] = ev.kind == "loaded"
+                for cb in self.on_model_event:
+                    cb(ev)
+            for rep in msg.replies:
+                fut = self._ops.pop(rep.op_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(rep)
             for d in msg.deltas:
                 if d.finish_reason is not None:
                     route = self._routes.pop(d.request_id, None)
@@ -274,6 +295,10 @@ class EngineClient:
                     route.queue.put_nowait((route.index, d))
 
     def _fail_all(self, why: str, status: int = 503) -> None:
+        ops, self._ops = self._ops, {}
+        for op_id, fut in ops.items():
+            if not fut.done():
+                fut.set_result(ControlReply(op_id, why, status))
         routes, self._routes = self._routes, {}
         for rid, route in routes.items():
             route.queue.put_nowait((route.index, Delta(rid, [], finish_reason="abort", error=why,
@@ -378,6 +403,7 @@ class EngineClient:
                     logger.warning("engine: the restarted engine has %d KV pages (was %d)", ready.num_pages,
                                    self.ready.num_pages)
                 self.ready = ready
+                self.state.resident = {m.name: m.resident for m in ready.models}
                 for cb in self.on_ready:
                     cb(ready)
                 self.status, self.retry_at = OK, None
@@ -408,6 +434,40 @@ class EngineClient:
         if fut.cancelled():
             raise self._unavailable()
         fut.result()
+
+    async def load_model(self, model: str) -> None:
+        """Make ``model`` resident; returns once it is.
+
+        Raises:
+            EngineDeadError: the engine process is not serving.
+            ControlError: the engine refused (404 unknown, 409) or the load failed (500).
+        """
+        await self._control(LoadModel(uuid.uuid4().hex, model))
+
+    async def unload_model(self, model: str, force: bool = False) -> None:
+        """Take ``model`` off the device once its current requests finished (``force``: now,
+        aborting them); returns once it is off.
+
+        Raises:
+            EngineDeadError: the engine process is not serving.
+            ControlError: the engine refused (404 unknown, 409 pinned).
+        """
+        await self._control(UnloadModel(uuid.uuid4().hex, model, force))
+
+    async def _control(self, op: LoadModel | UnloadModel) -> None:
+        if not self.alive:
+            raise self._unavailable()
+        fut = asyncio.get_running_loop().create_future()
+        self._ops[op.op_id] = fut
+        try:
+            await self._push.send(self._enc.encode(op))
+            reply: ControlReply = await fut
+        finally:
+            self._ops.pop(op.op_id, None)
+        if reply.error is not None:
+            if reply.status == 503:
+                raise self._unavailable()
+            raise ControlError(reply.error, reply.status)
 
     def abort(self, request_ids: list[str], reason: str = "abort") -> None:
         """Abort requests (frees their KV pages in the engine); finished ids are ignored.

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 _LAT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
                 80.0, 160.0, 640.0)
+_LOAD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _TPOT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
 
 
@@ -48,9 +49,20 @@ class ServerMetrics:
         self.kv_total.set(num_pages)
         Info("seallm:scheduler", "Scheduling policy of the device", registry=r).info(
             {"policy": scheduling_policy, "preemption_mode": preemption_mode})
+        self.model_loads = Counter("seallm:model_loads", "Models loaded onto the device at run time, by where the "
+                                   "weights came from", ["model", "source"], registry=r)
+        self.model_load_seconds = Histogram("seallm:model_load_seconds", "Time to load a model at run time (s)",
+                                            lab, buckets=_LOAD_BUCKETS, registry=r)
+        self.model_resident = Gauge("seallm:model_resident", "1 while the model's weights are on the device", lab,
+                                    registry=r)
+        self.model_weights_bytes = Gauge("seallm:model_weights_bytes", "Bytes of the model's weights on the "
+                                         "device (0 while not resident)", lab, registry=r)
         for m in models:  # make every series visible from the start
-            for g in (self.running, self.waiting, self.kv_pages, self.swapped):
+            for g in (self.running, self.waiting, self.kv_pages, self.swapped, self.model_resident,
+                      self.model_weights_bytes):
                 g.labels(m).set(0)
+            for src in ("host_cache", "disk"):
+                self.model_loads.labels(m, src)
             self.preemptions.labels(m)
             self.swap_outs.labels(m)
             self.refused.labels(m)
@@ -70,8 +82,21 @@ class ServerMetrics:
         self.generation_tokens.labels(model).inc(output_tokens)
         self.finished.labels(model, finish_reason).inc()
 
+    def observe_model_event(self, ev) -> None:
+        """A ``ModelEvent`` from the engine: count loads and their time."""
+        if ev.kind == "loaded":
+            self.model_loads.labels(ev.model, ev.source).inc()
+            self.model_load_seconds.labels(ev.model).observe(ev.seconds)
+            self.model_resident.labels(ev.model).set(1)
+            self.model_weights_bytes.labels(ev.model).set(ev.weights_bytes)
+        elif ev.kind == "unloaded":
+            self.model_resident.labels(ev.model).set(0)
+            self.model_weights_bytes.labels(ev.model).set(0)
+
     def update_engine(self, stats: dict) -> None:
         for m, s in stats.items():
+            self.model_resident.labels(m).set(1 if s.resident else 0)
+            self.model_weights_bytes.labels(m).set(s.weights_bytes)
             self.running.labels(m).set(s.running)
             self.waiting.labels(m).set(s.waiting)
             self.kv_pages.labels(m).set(s.kv_pages_used)

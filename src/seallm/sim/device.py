@@ -103,12 +103,14 @@ def simulate_device(
                 finish[r.request_id] = (clock.now(), str(r.finish_reason))
         if core.num_steps > max_steps:
             raise ValueError(f"simulation exceeded {max_steps} iterations")
-        if clock.now() == now:  # nothing ran: jump to the next arrival
-            if nxt >= len(order):
+        if clock.now() == now:  # nothing ran: jump to the next arrival or finished load
+            events = [t for t in (executor.next_load_done(),
+                                  requests[order[nxt]].arrival_s if nxt < len(order) else None) if t is not None]
+            if not events:
                 if core.has_unfinished():
                     raise ValueError("simulation stalled: requests left but nothing can run")
                 break
-            clock.advance(requests[order[nxt]].arrival_s - now)
+            clock.advance(max(0.0, min(events) - now))
 
     recs = []
     for i, b in enumerate(requests):

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from seallm.core import ManualClock, SampleOutput, StepPlan, StepResult
 from seallm.cost import BatchShape, CostModel
+from seallm.engine.messages import ModelEvent
 
 
 class CostModelExecutor:
@@ -22,19 +23,57 @@ class CostModelExecutor:
         page_size_bytes: bytes per KV page. swap_bandwidth: bytes/s between the device and
             the host swap space.
         token_id: the token every sample returns.
+        weights_bytes: per model, bytes of its weights (for simulated loads).
+        disk_bandwidth: bytes/s of a cold load (checkpoint read).
+        host_cache_bandwidth: bytes/s of a reload from the host weight cache (unbounded in
+            the simulator: every model loaded once is cached).
+
+    Loads (``ModelLoader``) run in simulated time: a load started at ``t`` finishes at
+    ``t + bytes / bandwidth`` while iterations of the resident models go on.
 
     Raises:
         KeyError: from :meth:`execute` for a model without a cost model.
     """
 
     def __init__(self, cost_models: Mapping[str, CostModel], clock: ManualClock, page_size_bytes: int = 0,
-                 swap_bandwidth: float = 25e9, token_id: int = 3) -> None:
+                 swap_bandwidth: float = 25e9, token_id: int = 3, weights_bytes: Mapping[str, int] | None = None,
+                 disk_bandwidth: float = 2e9, host_cache_bandwidth: float = 25e9) -> None:
         self.cost_models = dict(cost_models)
         self.clock = clock
         self.page_size_bytes = page_size_bytes
         self.swap_bandwidth = swap_bandwidth
         self.token_id = token_id
         self.busy_s = 0.0
+        self.weights_bytes = dict(weights_bytes or {})
+        self.disk_bandwidth, self.host_cache_bandwidth = disk_bandwidth, host_cache_bandwidth
+        self._cached: set[str] = set()
+        self._loads: dict[str, tuple[float, str, float]] = {}  # model -> (done at, source, seconds)
+
+    def start_load(self, model: str) -> None:
+        if model not in self.cost_models:
+            raise ValueError(f"unknown model {model!r}")
+        if model in self._loads:
+            return
+        cached = model in self._cached
+        bw = self.host_cache_bandwidth if cached else self.disk_bandwidth
+        t = self.weights_bytes.get(model, 0) / bw
+        self._loads[model] = (self.clock.now() + t, "host_cache" if cached else "disk", t)
+
+    def poll_loads(self) -> list[ModelEvent]:
+        now = self.clock.now()
+        out = []
+        for m, (done, source, t) in list(self._loads.items()):
+            if done <= now:
+                del self._loads[m]
+                out.append(ModelEvent(m, "loaded", source, t, self.weights_bytes.get(m, 0)))
+        return out
+
+    def unload(self, model: str) -> None:
+        self._cached.add(model)
+
+    def next_load_done(self) -> float | None:
+        """Simulated time at which the next load finishes (None: none under way)."""
+        return min((d for d, _, _ in self._loads.values()), default=None)
 
     def execute(self, plan: StepPlan) -> StepResult:
         t = float(self.cost_models[plan.model].step_time(BatchShape.of(plan)))

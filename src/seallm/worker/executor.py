@@ -10,7 +10,9 @@ from seallm.core import SeqChunk, StepPlan, StepResult
 from seallm.models.attention import build_metadata, kv_view, layer_page_views
 from seallm.models.llama import LlamaForCausalLM
 from seallm.worker.malloc import tune_malloc
+from seallm.engine.messages import ModelEvent
 from seallm.worker.sampler import Sampler
+from seallm.worker.weights import WeightLoader, model_bytes
 
 
 class ModelExecutor:
@@ -22,6 +24,8 @@ class ModelExecutor:
         tokens_per_page: name -> tokens of that model per page (from ``KVCacheManager``).
         device: torch device of the models and the pool.
         num_host_pages: pages of the host swap space (0: no swapping).
+        loader: loads further models at run time (:class:`~seallm.worker.weights.WeightLoader`;
+            None: the set of models is fixed). Makes this a ``ModelLoader``.
 
     The pool is one uint8 tensor of ``num_pages * page_size_bytes`` bytes; each model gets
     a strided view of it (:func:`seallm.models.attention.kv_view`). The swap space is a
@@ -30,24 +34,67 @@ class ModelExecutor:
 
     def __init__(self, models: dict[str, LlamaForCausalLM], num_pages: int, page_size_bytes: int,
                  tokens_per_page: dict[str, int], device: str | torch.device = "cpu",
-                 num_host_pages: int = 0) -> None:
+                 num_host_pages: int = 0, loader: WeightLoader | None = None) -> None:
         self.device = torch.device(device)
         if self.device.type == "cpu":
             tune_malloc()
-        self.models = models
+        self.models: dict[str, LlamaForCausalLM] = {}
         self.tokens_per_page = dict(tokens_per_page)
+        self.page_size_bytes = page_size_bytes
         self.pool = torch.zeros(num_pages * page_size_bytes, dtype=torch.uint8, device=self.device)
-        self.kv_views = {}
+        self.kv_views: dict[str, torch.Tensor] = {}
+        self.kv_pages: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for name, m in models.items():
-            c = m.config
-            self.kv_views[name] = kv_view(self.pool, page_size_bytes, c.num_layers, self.tokens_per_page[name],
-                                          c.num_kv_heads, c.head_dim, m.dtype)
-        self.kv_pages = {name: layer_page_views(v) for name, v in self.kv_views.items()}
+            self._attach(name, m)
+        self.loader = loader
         self.pages = self.pool.view(num_pages, page_size_bytes)
         # torch.empty: host memory is committed only as pages are swapped out (CPU).
         self.host_pages = torch.empty((num_host_pages, page_size_bytes), dtype=torch.uint8,
                                       pin_memory=self.device.type == "cuda" and num_host_pages > 0)
         self.sampler = Sampler()
+
+    def _attach(self, name: str, m: LlamaForCausalLM) -> None:
+        c = m.config
+        self.models[name] = m
+        self.kv_views[name] = kv_view(self.pool, self.page_size_bytes, c.num_layers, self.tokens_per_page[name],
+                                      c.num_kv_heads, c.head_dim, m.dtype)
+        self.kv_pages[name] = layer_page_views(self.kv_views[name])
+
+    # ---- ModelLoader --------------------------------------------------------------------------
+    def start_load(self, model: str) -> None:
+        """Begin loading ``model`` in the background (host cache, else disk).
+
+        Raises:
+            ValueError: no loader, or an unknown model.
+        """
+        if self.loader is None:
+            raise ValueError("this executor has no weight loader")
+        self.loader.start(model)
+
+    def poll_loads(self) -> list[ModelEvent]:
+        """Finished loads; a loaded model is attached to the KV pool and runs from now on."""
+        if self.loader is None:
+            return []
+        events = []
+        for name, m, ev in self.loader.poll():
+            if m is not None:
+                self._attach(name, m)
+            events.append(ev)
+        return events
+
+    def unload(self, model: str) -> None:
+        """Drop ``model`` from the device; its weights go to the host cache."""
+        m = self.models.pop(model)
+        self.kv_views.pop(model, None)
+        self.kv_pages.pop(model, None)
+        if self.loader is not None:
+            self.loader.release(model, m)
+        del m
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def weights_bytes(self, model: str) -> int:
+        return model_bytes(self.models[model])
 
     def copy_pages(self, swaps) -> None:
         """Perform a plan's page copies in order (``PageCopy``: device <-> host swap space)."""
