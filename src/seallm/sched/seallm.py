@@ -6,7 +6,8 @@ paper's listing is not available:
 
 1. Each request gets an estimated execution time Ê from its service profile (prefill of its
    prompt + an output-length statistic x the iteration time) and an initial budget B = Ê
-   (service-agnostic ablation: the same budget for every service).
+   (service-agnostic ablation: the same budget for every service). A request held for a
+   model load (its model is not resident) adds the predicted load time to Ê.
 2. Priority key (smaller runs first). With ``demotion_order="budget"`` (default):
    ``(API priority - boosts, B - attained, arrival)``: a demoted request competes by its
    remaining (doubled) budget ("priority gradually decreased"), so for seats, batch order,
