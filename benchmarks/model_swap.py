@@ -152,6 +152,8 @@ def serve_part(args) -> dict:
                         mean_ttft_s=o.ttft.mean, p99_ttft_s=o.ttft.p99, normalized_latency_s=o.normalized_latency_s,
                         slo_attainment={str(k): v for k, v in (o.slo_attainment or {}).items()},
                         loads=loads, loads_per_minute=loads / minutes if minutes > 0 else 0.0))
+                    errors = sorted({r.error for r in res.records if r.error})
+                    runs[system][-1]["errors"] = errors[:5]
                     print(system, scale, runs[system][-1], flush=True)
                 finally:
                     proc.send_signal(signal.SIGINT)
@@ -162,7 +164,8 @@ def serve_part(args) -> dict:
                     os.unlink(path)
         med = {}
         for system, reps in runs.items():
-            med[system] = {k: statistics.median(r[k] for r in reps) for k in reps[0] if k != "slo_attainment"}
+            med[system] = {k: statistics.median(r[k] for r in reps) for k in reps[0]
+                           if k not in ("slo_attainment", "errors")}
             med[system]["slo_attainment"] = {k: statistics.median(r["slo_attainment"][k] for r in reps)
                                              for k in reps[0]["slo_attainment"]}
         s, b = med["seallm"], med["lru"]

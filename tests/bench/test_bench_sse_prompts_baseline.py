@@ -168,3 +168,23 @@ def test_probe_counts_token_chunks_usage_and_errors():
     z = _Probe(2, BenchRequest("m", 0.0, 4, 3))
     z.on_event("not json", 0.1)
     assert z.error.startswith("bad SSE payload")
+
+
+def test_probe_counts_a_lone_textless_token_confirmed_by_usage():
+    """max_tokens=1 on a model without a tokenizer: the only token arrives as an empty final
+    chunk; usage says one token was generated, so it is a token, not a missing one."""
+    from seallm.bench.client import _Probe
+
+    p = _Probe(0, BenchRequest("m", 0.0, 4, 1))
+    p.sent = 0.0
+    p.on_event('{"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}', 0.4)
+    p.on_event('{"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1}}', 0.4)
+    p.finish = 0.4
+    r = p.record(4)
+    assert r.ok and r.ttft_s == 0.4 and r.tokens_out == 1
+    q = _Probe(1, BenchRequest("m", 0.0, 4, 1))
+    q.sent = 0.0
+    q.on_event('{"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}', 0.4)
+    q.on_event('{"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 0}}', 0.4)
+    q.finish = 0.4
+    assert q.record(4).error == "no token received"

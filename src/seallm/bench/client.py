@@ -76,7 +76,7 @@ class _Probe:
     """Mutable state of one request while it is in flight (becomes a RequestRecord)."""
 
     __slots__ = ("index", "req", "sent", "first", "finish", "times", "chunks", "usage_in",
-                 "usage_out", "finish_reason", "error", "done")
+                 "usage_out", "finish_reason", "error", "done", "final_time")
 
     def __init__(self, index: int, req: BenchRequest) -> None:
         self.index, self.req = index, req
@@ -90,6 +90,7 @@ class _Probe:
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.done = False
+        self.final_time: float | None = None  # an empty final chunk that came before any token
 
     def on_event(self, data: str, now: float) -> None:
         if data.strip() == "[DONE]":
@@ -120,6 +121,10 @@ class _Probe:
                     self.first = now
                 self.times.append(now)
                 self.chunks += 1
+            elif self.first is None:
+                # An empty final chunk before any token: the only token of a model without a
+                # tokenizer (no text); counted once usage confirms it (see record()).
+                self.final_time = now
             if reason:
                 self.finish_reason = str(reason)
         usage = obj.get("usage")
@@ -130,6 +135,10 @@ class _Probe:
                 self.usage_out = int(usage["completion_tokens"])
 
     def record(self, sent_len: int) -> RequestRecord:
+        if self.first is None and self.final_time is not None and (self.usage_out or 0) >= 1:
+            self.first = self.final_time
+            self.times.append(self.final_time)
+            self.chunks += 1
         error = self.error
         if error is None and self.sent is None:
             error = "not sent"
