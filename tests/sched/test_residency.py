@@ -285,3 +285,15 @@ def test_random_loads_unloads_and_requests_keep_the_books(ops, policy, sched_pol
         assert r.finish_reason is FinishReason.ABORT or r.num_output_tokens == r.params.max_tokens
     assert rep.kv.pool.num_used == 0
     assert rep.kv.host_pool is None or rep.kv.host_pool.num_used == 0
+
+
+def test_snapshot_reports_queues_pages_weights_and_rates():
+    rep, ex, clock = make()
+    rep.core.add_request(req("r1", "a", n_in=40))
+    rep.core.add_request(req("r2", "c"))
+    rep.core.step()
+    snap = rep.core.snapshot()
+    a, c = snap.models["a"], snap.models["c"]
+    assert a.resident and a.running == 1 and a.kv_pages > 0 and a.weights_bytes == WEIGHTS and a.arrival_rate > 0
+    assert not c.resident and c.loading and c.waiting == 1 and c.kv_pages == 0
+    assert snap.kv_pages_free == snap.kv_pages_total - a.kv_pages

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from seallm.core import Clock, FinishReason, Request, StepPlan, StepResult, WallClock
 from seallm.engine.executor import Executor, ModelLoader
@@ -12,6 +12,37 @@ from seallm.sched import Scheduler
 from seallm.sched.residency import ResidencyManager
 
 logger = logging.getLogger("seallm.engine")
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """One model's load on a replica at an instant.
+
+    Attributes:
+        resident: its weights are on the device. loading: a load of it is under way.
+        running, waiting: requests (waiting includes held ones while not resident).
+        kv_pages: device pages its requests hold. weights_bytes: bytes of its weights.
+        arrival_rate: recent arrivals per second (exponentially decayed).
+    """
+
+    resident: bool
+    loading: bool
+    running: int
+    waiting: int
+    kv_pages: int
+    weights_bytes: int
+    arrival_rate: float
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    """A replica's load, what a router or a placement step reads: per model, and the free
+    device pages of the unified pool (``time``: when it was taken, s)."""
+
+    time: float
+    models: dict[str, ModelLoad]
+    kv_pages_free: int
+    kv_pages_total: int
 
 
 class ReplicaCore:
@@ -73,6 +104,20 @@ class ReplicaCore:
 
     def is_resident(self, model: str) -> bool:
         return self.scheduler.is_resident(model)
+
+    def snapshot(self) -> ReplicaSnapshot:
+        """Queues, pages, weight bytes and arrival rates per model, now."""
+        now = self.clock.now()
+        sched, rm = self.scheduler, self.residency
+        used = sched.kv.pages_used_by_model()
+        models = {}
+        for m in sched.specs:
+            resident = sched.is_resident(m)
+            models[m] = ModelLoad(resident, rm is not None and rm.loading == m, sched.num_running(m),
+                                  sched.num_waiting(m), used.get(m, 0),
+                                  rm.weights_bytes.get(m, 0) if rm is not None else 0,
+                                  rm.arrival_rate(m, now) if rm is not None else 0.0)
+        return ReplicaSnapshot(now, models, sched.kv.pool.num_free, sched.kv.pool.num_pages)
 
     def _check_dynamic(self, model: str) -> None:
         if model not in self.scheduler.specs:
