@@ -10,8 +10,8 @@ models make room for it. Two policies (torch-free; the engine executes the decis
     key (the policy's ``priority_key``, the same order the scheduler serves in, so a load is
     ordered by the urgency of what waits for it); room comes from idle resident models (no
     running or waiting request), the one with the lowest recent arrival rate first (ties:
-    idle longest). When idle models do not make room, the resident model whose most urgent
-    request is least urgent, and less urgent than the held one, is drained: its waiting
+    idle longest). When idle models do not make room, a busy one is drained, the least
+    requested first (ties: the one whose most urgent request is least urgent): its waiting
     requests stop starting, its running ones finish, then it is evicted (its held requests
     reload it later by the same rule).
 ``lru`` (the llama-swap / Ollama way, our baseline): loads in arrival order of the held
@@ -118,6 +118,23 @@ def initial_residents(models: Iterable[str], weights_bytes: Mapping[str, int], c
             out.append(m)
             used += weights_bytes[m]
     return out
+
+
+class _Neg:
+    """Reverses the order of a priority key (None last) inside a sort key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key) -> None:
+        self.key = key
+
+    def __lt__(self, other: "_Neg") -> bool:
+        if self.key is None or other.key is None:
+            return self.key is not None and other.key is None
+        return other.key < self.key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Neg) and self.key == other.key
 
 
 class ResidencyManager:
@@ -261,10 +278,10 @@ class ResidencyManager:
             return ResidencyDecision(tuple(evict) + tuple((m, False) for m in chosen), target)
         # Not enough idle room: drain busy models (no new starts) until they would make it.
         busy = [m for m in staying if m not in chosen and self._evictable(m, sched)]
-        head = self._head_key(target, sched, now)
         if self.config.policy == "seallm":
-            keyed = [(self._most_urgent(m, sched, now), m) for m in busy]
-            busy = [m for k, m in sorted(keyed, reverse=True) if head is None or k is None or head < k]
+            # Least requested first, then the one whose most urgent request is least urgent.
+            keyed = [(self.arrival_rate(m, now), _Neg(self._most_urgent(m, sched, now)), m) for m in busy]
+            busy = [m for _, _, m in sorted(keyed)]
         else:
             busy.sort(key=lambda m: self.last_used.get(m, 0.0))
         drain: set[str] = set()
