@@ -43,6 +43,9 @@ SMALL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_a
 SYSTEMS = {
     "seallm": {"scheduling_policy": "seallm", "residency_policy": "seallm", "host_weight_cache": "8GiB"},
     "lru": {"scheduling_policy": "fcfs", "residency_policy": "lru", "host_weight_cache": 0},
+    # ablations: one of the two changes at a time
+    "fcfs+seallm-residency": {"scheduling_policy": "fcfs", "residency_policy": "seallm", "host_weight_cache": "8GiB"},
+    "seallm+lru-residency": {"scheduling_policy": "seallm", "residency_policy": "lru", "host_weight_cache": 0},
 }
 
 
@@ -133,9 +136,9 @@ def serve_part(args) -> dict:
         wl = SyntheticWorkload(models=tuple(models), total_rate=args.total_rate, duration_s=args.duration,
                                alpha=1.0, arrival="gamma", cv=2.0, rate_scale=scale,
                                lengths=LengthConfig(scale=args.length_scale, max_input_len=256, max_output_len=64))
-        runs: dict[str, list] = {s: [] for s in SYSTEMS}
+        runs: dict[str, list] = {s: [] for s in args.systems}
         for rep in range(args.repeats):
-            order = list(SYSTEMS) if rep % 2 == 0 else list(reversed(SYSTEMS))
+            order = list(args.systems) if rep % 2 == 0 else list(reversed(args.systems))
             for system in order:
                 proc, base, path = start(system, models, args)
                 try:
@@ -168,6 +171,9 @@ def serve_part(args) -> dict:
                            if k not in ("slo_attainment", "errors")}
             med[system]["slo_attainment"] = {k: statistics.median(r["slo_attainment"][k] for r in reps)
                                              for k in reps[0]["slo_attainment"]}
+        if "seallm" not in med or "lru" not in med:
+            out["rate_scales"][str(scale)] = dict(runs=runs, median=med)
+            continue
         s, b = med["seallm"], med["lru"]
         ratios = dict(mean_ttft=b["mean_ttft_s"] / s["mean_ttft_s"] if s["mean_ttft_s"] else None,
                       p99_ttft=b["p99_ttft_s"] / s["p99_ttft_s"] if s["p99_ttft_s"] else None,
@@ -196,6 +202,7 @@ def main() -> None:
     ap.add_argument("--alone-base-s", type=float, default=0.05)
     ap.add_argument("--alone-prefill-s-per-token", type=float, default=2e-4)
     ap.add_argument("--alone-decode-s-per-token", type=float, default=0.02)
+    ap.add_argument("--systems", nargs="+", default=["seallm", "lru"], choices=list(SYSTEMS))
     ap.add_argument("--name", default="model_swap")
     args = ap.parse_args()
     result: dict = {}

@@ -64,52 +64,65 @@ class EngineLoop:
         self._waiting_tokens: dict[str, int] = {}  # per model, valid for one inbox drain
         self._ops: list[LoadModel | UnloadModel] = []  # load/unload operations not finished yet
 
-    def run(self) -> None:
-        """Announce ``Ready``, then serve until a ``Shutdown`` message arrives."""
+    def ready_message(self) -> Ready:
+        """The ``Ready`` announcement: every model of the replica, resident or not."""
         rm = self.core.residency
         pinned = rm.config.pinned if rm is not None else frozenset()
-        self._send(Ready(
+        return Ready(
             models=[ModelInfo(n, getattr(c, "path", ""), getattr(c, "architecture", ""), c.max_model_len,
                               c.vocab_size, self.sched.capacity_tokens(n), self.core.is_resident(n), n in pinned)
                     for n, c in self.configs.items()],
             scheduling_policy=self.sched.policy.name, num_pages=self.kv.pool.num_pages,
-            page_size_bytes=self.kv.pool.page_size_bytes))
+            page_size_bytes=self.kv.pool.page_size_bytes)
+
+    def run(self) -> None:
+        """Announce ``Ready``, then serve until a ``Shutdown`` message arrives."""
+        self._send(self.ready_message())
         while True:
             if not self.core.has_unfinished():
                 timeout = IDLE_POLL_MS
             else:
                 timeout = WAIT_POLL_MS if self.core.idle else 0
-            acks: list[Delta] = []
-            self._waiting_tokens.clear()
-            self._oldest_waiting.clear()
-            while (msg := self.inbox(timeout)) is not None:
-                timeout = 0
-                if isinstance(msg, Shutdown):
-                    return
-                self._handle(msg, acks)
-            if acks:  # admitted or refused: tell the front end before the iteration runs
-                self._send(EngineOutputs(acks, None, self.kv.pool.num_free, 0.0))
-            deltas: list[Delta] = []
-            step_time = 0.0
-            if self.core.has_unfinished():
-                t0 = time.perf_counter()
-                try:
-                    updated = self.core.step()
-                except Exception:  # a scheduler bug: the queues cannot be trusted any more
-                    logger.error("engine step failed:\n%s", traceback.format_exc())
-                    updated = self._abort_all()
-                for r in updated:
-                    deltas.append(self._delta(r))
-                step_time = time.perf_counter() - t0
-            now = self.core.clock.now()
-            events, self.core.events = self.core.events, []
-            replies = self._finished_ops(events)
-            if deltas or events or replies or now - self._last_stats > STATS_EVERY_S:
-                stats = None
-                if now - self._last_stats > STATS_EVERY_S or not self.core.has_unfinished() or events:
-                    stats = self._stats()
-                    self._last_stats = now
-                self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time, events, replies))
+            if not self.run_once(timeout):
+                return
+
+    def run_once(self, timeout_ms: int = 0) -> bool:
+        """One turn: drain the inbox (waiting up to ``timeout_ms`` for the first message),
+        acknowledge what was queued, run one iteration if there is work, send its outputs.
+        Returns False once a ``Shutdown`` message arrived."""
+        acks: list[Delta] = []
+        self._waiting_tokens.clear()
+        self._oldest_waiting.clear()
+        timeout = timeout_ms
+        while (msg := self.inbox(timeout)) is not None:
+            timeout = 0
+            if isinstance(msg, Shutdown):
+                return False
+            self._handle(msg, acks)
+        if acks:  # admitted or refused: tell the front end before the iteration runs
+            self._send(EngineOutputs(acks, None, self.kv.pool.num_free, 0.0))
+        deltas: list[Delta] = []
+        step_time = 0.0
+        if self.core.has_unfinished():
+            t0 = time.perf_counter()
+            try:
+                updated = self.core.step()
+            except Exception:  # a scheduler bug: the queues cannot be trusted any more
+                logger.error("engine step failed:\n%s", traceback.format_exc())
+                updated = self._abort_all()
+            for r in updated:
+                deltas.append(self._delta(r))
+            step_time = time.perf_counter() - t0
+        now = self.core.clock.now()
+        events, self.core.events = self.core.events, []
+        replies = self._finished_ops(events)
+        if deltas or events or replies or now - self._last_stats > STATS_EVERY_S:
+            stats = None
+            if now - self._last_stats > STATS_EVERY_S or not self.core.has_unfinished() or events:
+                stats = self._stats()
+                self._last_stats = now
+            self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time, events, replies))
+        return True
 
     def _finished_ops(self, events) -> list[ControlReply]:
         """Replies for the load/unload operations that are done (or failed) now."""

@@ -1,0 +1,52 @@
+"""A simulated replica: the engine loop in this process around a cost-model executor, on its
+own simulated clock (torch-free)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from seallm.core import ManualClock
+from seallm.engine.handle import LocalReplica
+from seallm.engine.replica import ReplicaSpec, build_replica
+from seallm.engine.requests import ModelLimits
+from seallm.sim.executor import CostModelExecutor
+
+
+class SimulatedReplica(LocalReplica):
+    """A :class:`LocalReplica` whose executor is a cost model on its own simulated clock
+    (:func:`simulated_replica`); ``now`` is that clock, so a simulator interleaves many
+    replicas by stepping the one that is furthest behind."""
+
+    clock: ManualClock
+
+    @property
+    def now(self) -> float:
+        return self.clock.now()
+
+    def next_event_time(self) -> float | None:
+        """When this replica can next make progress by itself: now if it has runnable
+        work, the end of a load under way if only that, None when idle."""
+        if not self.has_work():
+            return None
+        if self._inbox or not self.core.idle:
+            return self.now
+        return self.core.executor.next_load_done()
+
+    def advance_to(self, t: float) -> None:
+        """Move an idle replica's clock to ``t`` (an arrival, or the end of its load)."""
+        if t > self.now:
+            self.clock.advance(t - self.now)
+
+
+def simulated_replica(spec: ReplicaSpec, cost_models: Mapping, configs: Mapping[str, ModelLimits],
+                      weights_bytes: Mapping[str, int] | None = None, start_s: float = 0.0,
+                      **admission) -> SimulatedReplica:
+    """A replica built by :func:`build_replica` from ``spec`` around the simulator's
+    cost-model executor (``cost_models``: model -> ``CostModel``), on a fresh clock at
+    ``start_s`` (s)."""
+    clock = ManualClock(start_s)
+    rep = build_replica(spec, lambda layout: CostModelExecutor(cost_models, clock, layout.page_size_bytes,
+                                                               weights_bytes=weights_bytes), clock)
+    handle = SimulatedReplica(rep.core, configs, **admission)
+    handle.clock = clock
+    return handle
