@@ -56,7 +56,7 @@ class ResidencyConfig:
     weights_memory_bytes: int | None = None
     pinned: frozenset[str] = field(default_factory=frozenset)
     policy: str = "seallm"
-    rate_halflife_s: float = 60.0
+    rate_halflife_s: float = 10.0
     default_load_bandwidth: float = 1e9
 
     def __post_init__(self) -> None:
