@@ -8,7 +8,7 @@ attends to its earlier prefix in the cache plus itself, causally).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,8 @@ class AttentionMetadata:
     prefills: list[PrefillSeq]
     decode_context_lens: torch.Tensor | None = None  # [Bd] long: keys of each decode query (CPU kernel)
     sliding_window: int | None = None  # the model's window (None: full attention)
+    # write_kv: page stride -> flat row of each new token's slot (built on first use)
+    slot_rows_cache: dict = field(default_factory=dict)
 
 
 def build_metadata(
@@ -143,6 +145,33 @@ def layer_page_views(pool_view: torch.Tensor) -> list[tuple[torch.Tensor, torch.
     return out
 
 
+def write_kv(kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
+    """Write this step's K/V ([T, Hkv, D]) into their slots of one layer's pages.
+
+    Fast path: the pool seen as rows of ``Hkv * D`` elements (every token slot starts on
+    such a row when the page, layer and K/V strides are multiples of it), one
+    ``index_copy_`` of contiguous rows per K and V with flat row indices (advanced-index
+    assignment into the 5-D strided view is several times slower, most of all in bf16).
+    """
+    T = k.shape[0]
+    tok = k.shape[1] * k.shape[2]
+    s0, s1, s2 = kv_layer.stride(0), kv_layer.stride(1), kv_layer.stride(2)
+    off = kv_layer.storage_offset()
+    if (T and s2 == tok and kv_layer.stride(3) == k.shape[2] and kv_layer.stride(4) == 1
+            and s0 % tok == 0 and s1 % tok == 0 and off % tok == 0 and kv_layer.device == k.device):
+        base = meta.slot_rows_cache.get(s0)
+        if base is None:  # row of each slot relative to page 0 of the layer, shared by all layers
+            base = meta.slot_pages * (s0 // tok) + meta.slot_offsets
+            meta.slot_rows_cache[s0] = base
+        esize = kv_layer.element_size()
+        rows = kv_layer.as_strided((kv_layer.untyped_storage().nbytes() // esize // tok, tok), (tok, 1), 0)
+        rows.index_copy_(0, base + off // tok, k.reshape(T, tok))
+        rows.index_copy_(0, base + (off + s1) // tok, v.reshape(T, tok))
+        return
+    kv_layer[:, 0][meta.slot_pages, meta.slot_offsets] = k
+    kv_layer[:, 1][meta.slot_pages, meta.slot_offsets] = v
+
+
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layer: torch.Tensor,
                     pages: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
                     scale: float) -> torch.Tensor:
@@ -155,8 +184,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layer:
     """
     T, H, D = q.shape
     hkv = k.shape[1]
-    kv_layer[:, 0][meta.slot_pages, meta.slot_offsets] = k
-    kv_layer[:, 1][meta.slot_pages, meta.slot_offsets] = v
+    write_kv(kv_layer, k, v, meta)
     k_rows, v_rows = pages
     out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
     gqa = H != hkv
