@@ -297,3 +297,16 @@ def test_snapshot_reports_queues_pages_weights_and_rates():
     assert a.resident and a.running == 1 and a.kv_pages > 0 and a.weights_bytes == WEIGHTS and a.arrival_rate > 0
     assert not c.resident and c.loading and c.waiting == 1 and c.kv_pages == 0
     assert snap.kv_pages_free == snap.kv_pages_total - a.kv_pages
+
+
+def test_a_load_cancels_an_unload_that_is_still_draining():
+    rep, ex, clock = make()
+    d = Driver(rep, ex, clock)
+    rep.core.add_request(req("old", "a", n_out=20))
+    d.step()
+    rep.core.unload_model("a")
+    rep.core.add_request(req("new", "a", t=clock.now()))
+    rep.core.load_model("a")
+    d.run()
+    assert not any(e.model == "a" for e in d.events)  # never left the device
+    assert d.finished["new"].num_output_tokens == 4

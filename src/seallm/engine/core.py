@@ -90,6 +90,8 @@ class ReplicaCore:
             ValueError: an unknown model, or an executor that cannot load models.
         """
         self._check_dynamic(model)
+        if self.residency.pending_unload(model):  # a load cancels an unload still draining
+            self.scheduler.set_admission(model, None)
         self.residency.request_load(model)
 
     def unload_model(self, model: str, force: bool = False) -> None:
