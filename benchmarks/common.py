@@ -46,3 +46,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_deployment(cfg: dict, timeout: float = 300.0):
+    """Start ``seallm serve`` on the deployment ``cfg`` (a deployment-file mapping, with its
+    ``port``) written to a temporary YAML file; returns ``(process, base URL, file path)``
+    once it is healthy."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    from seallm.demo import wait_healthy
+
+    fd, path = tempfile.mkstemp(suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(cfg, f)
+    proc = subprocess.Popen([sys.executable, "-m", "seallm.cli", "serve", "--config", path, "--log-level", "warning"])
+    base = f"http://127.0.0.1:{cfg['port']}"
+    wait_healthy(base, proc, timeout=timeout)
+    return proc, base, path
+
+
+def stop_deployment(proc, cfg_path: str, timeout: float = 30.0) -> None:
+    """Ctrl-C a server from :func:`serve_deployment` (killed after ``timeout`` s) and remove its file."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    os.unlink(cfg_path)

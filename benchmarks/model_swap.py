@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import LLAMA_125M, checkpoint, free_port, write_result  # noqa: E402
+from common import LLAMA_125M, checkpoint, free_port, serve_deployment, stop_deployment, write_result  # noqa: E402
 
 SMALL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
              num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
@@ -97,21 +95,10 @@ def reload_part(repeats: int) -> dict:
 
 
 def start(system: str, models: dict[str, str], args) -> tuple[subprocess.Popen, str, str]:
-    import yaml
-
-    port = free_port()
-    cfg = {"models": [{"name": n, "path": p} for n, p in models.items()], "port": port,
+    cfg = {"models": [{"name": n, "path": p} for n, p in models.items()], "port": free_port(),
            "kv_cache_memory": "256MiB", "max_resident_models": 2, "max_num_batched_tokens": 512,
            "max_waiting_requests": None, "max_waiting_tokens": None, "max_queue_delay_s": None, **SYSTEMS[system]}
-    fd, path = tempfile.mkstemp(suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(cfg, f)
-    proc = subprocess.Popen([sys.executable, "-m", "seallm.cli", "serve", "--config", path, "--log-level", "warning"])
-    from seallm.demo import wait_healthy
-
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(base, proc, timeout=600)
-    return proc, base, path
+    return serve_deployment(cfg, timeout=600)
 
 
 def metric_sum(base: str, prefix: str) -> float:
@@ -159,12 +146,7 @@ def serve_part(args) -> dict:
                     runs[system][-1]["errors"] = errors[:5]
                     print(system, scale, runs[system][-1], flush=True)
                 finally:
-                    proc.send_signal(signal.SIGINT)
-                    try:
-                        proc.wait(60)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                    os.unlink(path)
+                    stop_deployment(proc, path, timeout=60)
         med = {}
         for system, reps in runs.items():
             med[system] = {k: statistics.median(r[k] for r in reps) for k in reps[0]

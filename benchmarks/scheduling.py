@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import free_port, write_result  # noqa: E402
+from common import free_port, serve_deployment, stop_deployment, write_result  # noqa: E402
 
 # name -> (policy, policy options, preemption mode)
 CONFIGS = {
@@ -45,33 +43,16 @@ SWEEPS = ["fcfs", "fcfs-swap", "seallm"]
 
 
 def start(name: str, models: dict[str, str], args) -> tuple[subprocess.Popen, str, str]:
-    import yaml
-
     policy, options, mode = CONFIGS[name]
-    port = free_port()
     cfg = {"models": [{"name": n, "path": p} for n, p in models.items()], "scheduling_policy": policy,
-           "policy_options": options, "port": port, "kv_cache_memory": args.kv_cache_memory,
+           "policy_options": options, "port": free_port(), "kv_cache_memory": args.kv_cache_memory,
            "max_num_batched_tokens": 512, "max_num_seqs": args.max_num_seqs, "preemption_mode": mode,
            # scheduling under overload is what is measured: no admission control refuses work
            "max_waiting_requests": None, "max_waiting_tokens": None, "max_queue_delay_s": None}
-    fd, path = tempfile.mkstemp(suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(cfg, f)
-    proc = subprocess.Popen([sys.executable, "-m", "seallm.cli", "serve", "--config", path, "--log-level", "warning"])
-    from seallm.demo import wait_healthy
-
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(base, proc, timeout=300)
-    return proc, base, path
+    return serve_deployment(cfg, timeout=300)
 
 
-def stop(proc: subprocess.Popen, cfg_path: str) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    os.unlink(cfg_path)
+stop = stop_deployment
 
 
 def workload(args, rate: float):
