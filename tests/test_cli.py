@@ -46,6 +46,20 @@ def test_simulate_compares_policies_on_a_trace(checkpoints, tmp_path):
     for pol in ("fcfs", "seallm"):
         p = res["policies"][pol]
         assert p["normalized_latency_s"] > 0 and p["iterations"] > 0 and 0 <= p["slo_attainment"]["5.0"] <= 1
+        assert p["model_loads"] == 0
+
+
+def test_simulate_loads_models_on_demand(checkpoints, tmp_path):
+    import json
+
+    out = tmp_path / "sim.json"
+    r = _run("simulate", "--model", f"chat={checkpoints['llama']}", "--model", f"code={checkpoints['qwen2']}",
+             "--kv-cache-memory", "2MiB", "--max-resident-models", "1", "--residency-policy", "lru",
+             "--disk-bandwidth", "1e8", "--device", "a100-80gb", "--trace", "chat=chat", "--trace", "code=code",
+             "--window-start", "660", "--duration", "5", "--length-scale", "0.25", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    p = json.loads(out.read_text())["policies"]["seallm"]
+    assert p["model_loads"] >= 1 and "model loads" in r.stdout
 
 
 def test_simulate_reports_bad_input(checkpoints, tmp_path):

@@ -53,7 +53,8 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``seallm`` command line: every subcommand's parser."""
     parser = argparse.ArgumentParser(prog="seallm", description="Serve many LLMs on shared accelerators.")
     parser.add_argument("--version", action="version", version=f"seallm {__import__('seallm').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         add_bench_parser(sub)
         add_simulate_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
 

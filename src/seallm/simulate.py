@@ -30,6 +30,14 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--preemption-mode", default=None, choices=("recompute", "swap"),
                    help="what a preempted request loses (default: the deployment's)")
     d.add_argument("--swap-space", default=None, help="host memory for swapped KV pages (default 4GiB)")
+    d.add_argument("--max-resident-models", type=int, default=None,
+                   help="most models resident at once; the others load on demand (default: the deployment's)")
+    d.add_argument("--weights-memory", default=None, help="device memory for resident weights, e.g. 40GiB")
+    d.add_argument("--residency-policy", default=None, choices=("seallm", "lru"),
+                   help="which model loads next and which one leaves (default: the deployment's)")
+    d.add_argument("--disk-bandwidth", type=float, default=2e9, metavar="BYTES_PER_S",
+                   help="checkpoint read rate of a cold load (default 2e9); reloads from the host weight cache "
+                        "run at the device's host link bandwidth")
     c = p.add_argument_group("cost model")
     c.add_argument("--cost-profile", action="append", metavar="NAME=FILE",
                    help="step-time model of a model: a `seallm profile` output or a serving deployment's "
@@ -97,7 +105,10 @@ def sim_config_from_args(args: argparse.Namespace):
         raise ValueError("give --model NAME=PATH (repeatable) or --config FILE")
     dep = dep.with_overrides(kv_cache_memory=args.kv_cache_memory, max_num_batched_tokens=args.max_num_batched_tokens,
                              max_num_seqs=args.max_num_seqs, preemption_mode=args.preemption_mode,
-                             swap_space=args.swap_space)
+                             swap_space=args.swap_space, max_resident_models=args.max_resident_models,
+                             weights_memory=args.weights_memory, residency_policy=args.residency_policy)
+    if not args.disk_bandwidth > 0:
+        raise ValueError(f"--disk-bandwidth must be > 0, got {args.disk_bandwidth}")
     given = dict(_parse_models(args.cost_profile or []))
     unknown = sorted(set(given) - {m.name for m in dep.models})
     if unknown:
@@ -113,7 +124,8 @@ def sim_config_from_args(args: argparse.Namespace):
     sims = []
     for name, cfg in configs.items():
         cost = load_cost_profile(profiles[name], name) if name in profiles else RooflineCostModel(model_shape(cfg), device)
-        sims.append(SimModel(name, cfg.kv_spec, cost))
+        sims.append(SimModel(name, cfg.kv_spec, cost, cfg.weights_bytes, cfg.max_model_len, cfg.vocab_size,
+                             tuple(cfg.eos_token_ids), name in {m.name for m in dep.models if m.pinned}))
     if dep.kv_cache_memory is None:
         raise ValueError("give --kv-cache-memory (the simulator cannot read free GPU memory)")
     spec = replica_spec(dep, configs)  # the server's pool sizing rules
@@ -130,7 +142,10 @@ def sim_config_from_args(args: argparse.Namespace):
                              scheduler=SchedulerConfig(dep.max_num_batched_tokens, dep.max_num_seqs,
                                                        dep.preemption_mode),
                              swap_pages=parse_bytes(dep.swap_space) // page if dep.preemption_mode == "swap" else 0,
-                             swap_bandwidth=device.host_link_bandwidth, slo_scales=tuple(args.slo_scales), seed=args.seed))
+                             swap_bandwidth=device.host_link_bandwidth, slo_scales=tuple(args.slo_scales), seed=args.seed,
+                             max_resident_models=spec.max_resident_models,
+                             weights_memory_bytes=spec.weights_memory_bytes, residency_policy=spec.residency_policy,
+                             disk_bandwidth=args.disk_bandwidth, host_cache_bandwidth=device.host_link_bandwidth))
     return dep, out
 
 
@@ -157,7 +172,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         d = res.device
         print(f"\n== policy {pol}: {len(d.records)} requests, {d.num_steps} iterations, "
               f"busy {d.busy_s:.1f} s of {d.makespan_s:.1f} s, {d.num_preemptions} preemptions "
-              f"({d.num_swap_outs} by swapping)")
+              f"({d.num_swap_outs} by swapping), {d.num_loads} model loads")
         print(format_table(res.metrics, tuple(args.slo_scales)))
         o = res.metrics.overall
         out["policies"][pol] = dict(
@@ -165,7 +180,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             mean_ttft_s=o.ttft.mean, p99_ttft_s=o.ttft.p99, output_throughput=o.output_throughput,
             slo_attainment={str(k): v for k, v in (o.slo_attainment or {}).items()},
             iterations=d.num_steps, busy_s=d.busy_s, makespan_s=d.makespan_s, preemptions=d.num_preemptions,
-            swap_outs=d.num_swap_outs)
+            swap_outs=d.num_swap_outs, model_loads=d.num_loads)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(out, f, indent=2)

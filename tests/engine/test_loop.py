@@ -3,7 +3,7 @@ control (429), rejected requests (400), a failing request (500) that fails alone
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from seallm.core import ManualClock, SamplingParams
 from seallm.engine.core import ReplicaCore
@@ -106,8 +106,8 @@ def _slow_core():
 
     class Slow(PoisonExecutor):
         def execute(self, plan):
-            clock.advance(1.0)
-            return super().execute(plan)
+            r = super().execute(plan)
+            return replace(r, step_time=1.0)  # the core moves the clock by it
 
     return ReplicaCore(sched, Slow("none", {"a": kv.tokens_per_page("a")}), clock), sched
 

@@ -3,10 +3,9 @@ for the offline LLM, the server's engine and the simulator."""
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
+from seallm.cli import build_parser
 from seallm.engine.replica import ReplicaModel, ReplicaSpec, build_replica
 from seallm.kv import KVSpec
 from seallm.sched import SchedulerConfig
@@ -67,9 +66,10 @@ def test_offline_engine_and_simulator_build_the_same_replica(checkpoints):
     models = {"chat": checkpoints["llama"], "code": checkpoints["qwen2"]}
     llm = LLM(models=models, kv_cache_memory="3MiB", max_num_batched_tokens=256, max_num_seqs=7,
               preemption_mode="swap", swap_space="1MiB")
-    args = argparse.Namespace(model=[f"{k}={v}" for k, v in models.items()], config=None, kv_cache_memory="3MiB",
-                              max_num_batched_tokens=256, max_num_seqs=7, preemption_mode="swap", swap_space="1MiB",
-                              cost_profile=None, device="a100-80gb", scheduling_policy=None, slo_scales=[5.0], seed=0)
+    args = build_parser().parse_args(
+        ["simulate", *[a for k, v in models.items() for a in ("--model", f"{k}={v}")], "--kv-cache-memory", "3MiB",
+         "--max-num-batched-tokens", "256", "--max-num-seqs", "7", "--preemption-mode", "swap", "--swap-space", "1MiB",
+         "--device", "a100-80gb", "--slo-scales", "5", "--models", "chat"])
     _, (sim,) = sim_config_from_args(args)
     assert (sim.kv_pages, sim.page_size_bytes, sim.swap_pages) == (
         llm.kv.pool.num_pages, llm.kv.pool.page_size_bytes, llm.kv.host_pool.num_pages)

@@ -68,5 +68,31 @@ def test_run_simulation_metrics_and_errors():
     assert res.metrics.overall.num_completed == 10 and res.metrics.overall.slo_attainment[5.0] > 0.5
     with pytest.raises(ValueError, match="does not serve"):
         run_simulation(cfg, [BenchRequest("zzz", 0.0, 4, 4)])
-    with pytest.raises(ValueError, match="whole pool"):
-        run_simulation(SimConfig(MODELS, 2, PAGE), [BenchRequest("a", 0.0, 100, 4)])
+    big = run_simulation(SimConfig(MODELS, 2, PAGE), [BenchRequest("a", 0.0, 100, 4), BenchRequest("a", 0.0, 10, 4)])
+    first, second = big.device.records
+    assert not first.ok and "whole pool" in first.error and first.error.startswith("HTTP 400")
+    assert second.ok and second.tokens_out == 4  # the refused request failed alone
+
+
+def test_models_loaded_on_demand_cost_their_load_time():
+    # Two models, one resident at a time; each load reads 1 GB at 1 GB/s from disk the
+    # first time and at 10 GB/s from the host weight cache after that.
+    models = tuple(SimModel(n, SPEC, COST, weights_bytes=10**9) for n in ("a", "b"))
+    reqs = [BenchRequest("a", 0.0, 10, 3), BenchRequest("b", 5.0, 10, 3), BenchRequest("a", 10.0, 10, 3)]
+    kw = dict(max_resident_models=1, disk_bandwidth=1e9, host_cache_bandwidth=1e10)
+    res = simulate_device(reqs, models, make_policy("fcfs"), 64, PAGE, **kw)
+    alone = simulate_device(reqs, models, make_policy("fcfs"), 64, PAGE)
+    ttft = [r.ttft_s for r in res.records]
+    base = [r.ttft_s for r in alone.records]
+    assert res.num_loads == 2 and alone.num_loads == 0  # b cold from disk, then a back from the cache
+    assert ttft[0] == pytest.approx(base[0])  # a was resident from the start
+    assert ttft[1] == pytest.approx(base[1] + 1.0)
+    assert ttft[2] == pytest.approx(base[2] + 0.1)
+    assert all(r.ok and r.tokens_out == 3 for r in res.records)
+
+
+def test_prompts_over_the_context_length_fail_alone():
+    models = (SimModel("a", SPEC, COST, max_model_len=50),)
+    res = simulate_device([BenchRequest("a", 0.0, 60, 3), BenchRequest("a", 0.0, 20, 3)], models,
+                          make_policy("seallm"), 64, PAGE)
+    assert "maximum context length" in res.records[0].error and res.records[1].ok

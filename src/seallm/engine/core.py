@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from seallm.core import Clock, FinishReason, Request, StepPlan, StepResult, WallClock
+from seallm.core import Clock, FinishReason, ManualClock, Request, StepPlan, StepResult, WallClock
 from seallm.engine.executor import Executor, ModelLoader
 from seallm.engine.messages import ModelEvent
 from seallm.sched import Scheduler
@@ -52,7 +52,10 @@ class ReplicaCore:
         scheduler: queues, KV pages and policy of the device.
         executor: runs a plan (torch model runner, or a cost model in the simulator); to load
             and unload models at run time it must also be a :class:`ModelLoader`.
-        clock: source of ``now`` in seconds.
+        clock: source of ``now`` in seconds. Executors report how long an iteration took
+            (``StepResult.step_time + swap_time``) and never move a clock: on a
+            :class:`~seallm.core.ManualClock` (simulated time) the core advances it by that
+            much; wall time moves by itself.
         residency: which models are resident and what to load next (None: a fixed set).
 
     Residency changes happen at iteration boundaries, at the start of :meth:`step`: finished
@@ -188,12 +191,21 @@ class ReplicaCore:
             result = self.executor.execute(plan)
         except Exception as e:  # noqa: BLE001 - isolate whatever failed
             return done + self._isolate(plan, e)
+        self.elapse(result)
         return done + self.apply(plan, result)
+
+    def elapse(self, result: StepResult) -> None:
+        """Account for the time an executed plan took: on simulated time (a
+        :class:`~seallm.core.ManualClock`) move the clock by ``step_time + swap_time`` (s);
+        wall time has moved by itself."""
+        if isinstance(self.clock, ManualClock):
+            self.clock.advance(result.step_time + result.swap_time)
 
     def plan(self) -> StepPlan | None:
         """First half of an iteration: the scheduler's plan at ``clock.now()`` (None: nothing
         to run). Whoever executes it (this core's executor, or a simulator interleaving many
-        replicas by events) must hand the result to :meth:`apply` before the next plan."""
+        replicas by events) must hand the result to :meth:`apply` before the next plan, with
+        the clock at the iteration's end (:meth:`elapse` moves a simulated clock there)."""
         return self.scheduler.schedule(self.clock.now())
 
     def apply(self, plan: StepPlan, result: StepResult) -> list[Request]:
@@ -216,6 +228,7 @@ class ReplicaCore:
                 except Exception as e:  # noqa: BLE001
                     failed[seq.request_id] = e
                     continue
+                self.elapse(res)
                 good.append(seq)
                 samples.update(res.samples)
                 step_time += res.step_time

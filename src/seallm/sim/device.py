@@ -1,8 +1,12 @@
-"""Discrete-event simulation of one device: the real scheduler and policy, a cost-model executor.
+"""Discrete-event simulation of one device: the real engine loop, scheduler and policy, a
+cost-model executor.
 
-The loop is the engine's (:class:`~seallm.engine.core.ReplicaCore`: schedule -> execute ->
-update); only time is simulated. Requests arrive at their workload times, the clock jumps
-over idle gaps, and every emitted token is time-stamped, so the result is the same
+The device is a :class:`~seallm.sim.replica.SimulatedReplica`: the replica that
+:func:`~seallm.engine.replica.build_replica` builds from a :class:`ReplicaSpec`, driven
+through its handle with the same ``AddRequest`` messages the server sends, so requests are
+built and checked by the one request constructor (:mod:`seallm.engine.requests`). Only time
+is simulated: requests arrive at their workload times, the clock jumps over idle gaps, and
+every emitted token is time-stamped, so the result is the same
 :class:`~seallm.bench.records.RequestRecord` list the load client produces against a live
 server and goes through the same metrics.
 """
@@ -14,21 +18,32 @@ from dataclasses import dataclass
 
 from seallm.bench.records import RequestRecord
 from seallm.bench.workload import BenchRequest
-from seallm.core import ManualClock, Request, SamplingParams
+from seallm.core import SamplingParams
 from seallm.cost import CostModel
-from seallm.engine.replica import ReplicaModel, ReplicaSpec, build_replica
+from seallm.engine.messages import AddRequest
+from seallm.engine.replica import ReplicaModel, ReplicaSpec
 from seallm.kv import KVSpec
 from seallm.sched import SchedulerConfig, SchedulingPolicy
-from seallm.sim.executor import CostModelExecutor
+from seallm.sim.replica import simulated_replica
 
 
 @dataclass(frozen=True)
 class SimModel:
-    """One resident model of the simulated device: its KV shape and its step-time model."""
+    """One model of the simulated device: its KV shape, its step-time model, and what the
+    request constructor checks (``max_model_len``, ``vocab_size``, ``eos_token_ids``).
+
+    ``weights_bytes``: bytes of its weights (simulated load time; 0: loads take no time).
+    ``pinned``: never unloaded (with ``max_resident_models``).
+    """
 
     name: str
     kv_spec: KVSpec
     cost_model: CostModel
+    weights_bytes: int = 0
+    max_model_len: int = 1 << 30
+    vocab_size: int = 32000
+    eos_token_ids: tuple[int, ...] = ()
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,7 @@ class DeviceResult:
         records: one per workload request, in workload order (times in s from the start).
         num_steps: iterations run. busy_s: seconds the device computed (s).
         num_preemptions: requests that lost their KV pages. num_swap_outs: of them, swapped.
-        makespan_s: time of the last event (s).
+        makespan_s: time of the last event (s). num_loads: model loads (residency).
     """
 
     records: tuple[RequestRecord, ...]
@@ -48,6 +63,7 @@ class DeviceResult:
     num_preemptions: int
     makespan_s: float
     num_swap_outs: int = 0
+    num_loads: int = 0
 
 
 def simulate_device(
@@ -60,66 +76,94 @@ def simulate_device(
     swap_pages: int = 0,
     swap_bandwidth: float = 25e9,
     max_steps: int = 50_000_000,
+    max_resident_models: int | None = None,
+    weights_memory_bytes: int | None = None,
+    residency_policy: str = "seallm",
+    disk_bandwidth: float = 2e9,
+    host_cache_bandwidth: float = 25e9,
 ) -> DeviceResult:
     """Serve ``requests`` on one simulated device and record every token's time.
 
     Prompts are ``input_len`` copies of a token id; each request asks for exactly
     ``output_len`` tokens (``ignore_eos``), as the load client does. ``swap_pages`` host
     pages back swap preemption (``scheduler_config.preemption_mode="swap"``); copies take
-    ``swap_bandwidth`` bytes/s.
+    ``swap_bandwidth`` bytes/s. ``max_resident_models`` / ``weights_memory_bytes`` /
+    ``residency_policy`` hold fewer models than ``models`` on the device at once (as in a
+    deployment file); a load takes ``weights_bytes / disk_bandwidth`` the first time and
+    ``weights_bytes / host_cache_bandwidth`` from the host weight cache after that (s).
+
+    A request the replica refuses (a prompt over the model's context length, one that cannot
+    fit in the whole KV pool) fails alone, as a live server answers it with HTTP 400: its
+    record has ``error`` set and no tokens.
 
     Raises:
-        ValueError: a request of a model not in ``models`` or one that cannot fit in the
-            whole KV pool (the scheduler's own check), or ``max_steps`` exceeded.
+        ValueError: a request of a model not in ``models``, or ``max_steps`` exceeded.
     """
-    clock = ManualClock(0.0)
-    spec = ReplicaSpec(models=tuple(ReplicaModel(m.name, m.kv_spec) for m in models),
+    spec = ReplicaSpec(models=tuple(ReplicaModel(m.name, m.kv_spec, m.weights_bytes, m.pinned) for m in models),
                        kv_cache_bytes=kv_pages * page_size_bytes, device="simulated", page_size_bytes=page_size_bytes,
-                       swap_space_bytes=swap_pages * page_size_bytes, scheduler=scheduler_config or SchedulerConfig())
-    costs = {m.name: m.cost_model for m in models}
-    replica = build_replica(spec, lambda layout: CostModelExecutor(costs, clock, layout.page_size_bytes,
-                                                                   swap_bandwidth), clock, policy=policy)
-    core, scheduler, executor = replica.core, replica.scheduler, replica.core.executor
+                       swap_space_bytes=swap_pages * page_size_bytes, scheduler=scheduler_config or SchedulerConfig(),
+                       max_resident_models=max_resident_models, weights_memory_bytes=weights_memory_bytes,
+                       residency_policy=residency_policy)
+    replica = simulated_replica(spec, {m.name: m.cost_model for m in models}, {m.name: m for m in models},
+                                {m.name: m.weights_bytes for m in models}, policy=policy,
+                                swap_bandwidth=swap_bandwidth, disk_bandwidth=disk_bandwidth,
+                                host_cache_bandwidth=host_cache_bandwidth)
+    core = replica.core
+    known = {m.name for m in models}
 
     order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
     token_times: dict[str, list[float]] = {}
     finish: dict[str, tuple[float, str]] = {}
+    refused: dict[str, str] = {}
     nxt = 0
-    while nxt < len(order) or core.has_unfinished():
-        now = clock.now()
+    while nxt < len(order) or replica.has_work():
+        now = replica.now
         while nxt < len(order) and requests[order[nxt]].arrival_s <= now:
             i = order[nxt]
             b = requests[i]
+            if b.model not in known:
+                raise ValueError(f"model {b.model!r} is not served by the simulated device: {sorted(known)}")
             rid = str(i)
-            core.add_request(Request(rid, b.model, [5] * b.input_len,
-                                     SamplingParams(max_tokens=b.output_len, ignore_eos=True, temperature=0.0),
-                                     arrival_time=b.arrival_s))
+            replica.submit(AddRequest(rid, b.model, [5] * b.input_len,
+                                      SamplingParams(max_tokens=b.output_len, ignore_eos=True, temperature=0.0),
+                                      b.arrival_s))
             token_times[rid] = []
             nxt += 1
-        emitted = core.step() if core.has_unfinished() else []
-        for r in emitted:
-            token_times[r.request_id].append(clock.now())
-            if r.is_finished:
-                finish[r.request_id] = (clock.now(), str(r.finish_reason))
+        replica.step()
+        t = replica.now
+        for out in replica.outputs():
+            for d in out.deltas:
+                if d.error is not None:  # refused, as the server answers 4xx: the request fails alone
+                    refused[d.request_id] = f"HTTP {d.error_status}: {d.error}"
+                    continue
+                if d.token_ids:
+                    token_times[d.request_id].extend([t] * len(d.token_ids))
+                if d.finish_reason is not None:
+                    finish[d.request_id] = (t, d.finish_reason)
         if core.num_steps > max_steps:
             raise ValueError(f"simulation exceeded {max_steps} iterations")
-        if clock.now() == now:  # nothing ran: jump to the next arrival or finished load
-            events = [t for t in (executor.next_load_done(),
-                                  requests[order[nxt]].arrival_s if nxt < len(order) else None) if t is not None]
+        if t == now:  # nothing ran: jump to the next arrival or finished load
+            events = [e for e in (replica.next_event_time(),
+                                  requests[order[nxt]].arrival_s if nxt < len(order) else None) if e is not None]
             if not events:
                 if core.has_unfinished():
                     raise ValueError("simulation stalled: requests left but nothing can run")
                 break
-            clock.advance(max(0.0, min(events) - now))
+            replica.advance_to(min(events))
 
     recs = []
     for i, b in enumerate(requests):
         rid = str(i)
+        if rid in refused:
+            recs.append(RequestRecord(index=i, model=b.model, input_len=b.input_len, output_len=b.output_len,
+                                      scheduled_s=b.arrival_s, sent_s=b.arrival_s, error=refused[rid]))
+            continue
         times = token_times.get(rid, [])
         end, reason = finish[rid]
         recs.append(RequestRecord(index=i, model=b.model, input_len=b.input_len, output_len=b.output_len,
                                   scheduled_s=b.arrival_s, sent_s=b.arrival_s, first_token_s=times[0],
                                   finish_s=end, tokens_in=b.input_len, tokens_out=len(times),
                                   token_times_s=tuple(times), finish_reason=reason))
-    return DeviceResult(tuple(recs), core.num_steps, executor.busy_s, scheduler.num_preemptions, clock.now(),
-                        scheduler.num_swap_outs)
+    sched = core.scheduler
+    return DeviceResult(tuple(recs), core.num_steps, core.executor.busy_s, sched.num_preemptions, replica.now,
+                        sched.num_swap_outs, num_loads=core.executor.num_loads)

@@ -13,13 +13,14 @@ class CostModelExecutor:
     """Implements the engine's ``Executor`` protocol for the simulator.
 
     Each iteration takes ``cost_models[plan.model].step_time(BatchShape.of(plan))`` seconds
-    plus the plan's page copies (swap preemption) at ``swap_bandwidth``: the executor
-    advances ``clock`` by that much and samples ``token_id`` for every chunk that asks for a
+    plus the plan's page copies (swap preemption) at ``swap_bandwidth``; the executor reports
+    that time in its ``StepResult`` (``step_time``, ``swap_time``), never moves the clock
+    (the ``ReplicaCore`` or the simulator does), and samples ``token_id`` for every chunk that asks for a
     sample (simulated requests set ``ignore_eos`` so lengths follow ``max_tokens``).
 
     Args:
         cost_models: per model, predicted seconds of one iteration.
-        clock: the simulation clock, advanced by each step.
+        clock: the simulation clock (read only: when a load starts and ends).
         page_size_bytes: bytes per KV page. swap_bandwidth: bytes/s between the device and
             the host swap space.
         token_id: the token every sample returns.
@@ -46,6 +47,7 @@ class CostModelExecutor:
         self.busy_s = 0.0
         self.weights_bytes = dict(weights_bytes or {})
         self.disk_bandwidth, self.host_cache_bandwidth = disk_bandwidth, host_cache_bandwidth
+        self.num_loads = 0  # loads started
         self._cached: set[str] = set()
         self._loads: dict[str, tuple[float, str, float]] = {}  # model -> (done at, source, seconds)
 
@@ -54,6 +56,7 @@ class CostModelExecutor:
             raise ValueError(f"unknown model {model!r}")
         if model in self._loads:
             return
+        self.num_loads += 1
         cached = model in self._cached
         bw = self.host_cache_bandwidth if cached else self.disk_bandwidth
         t = self.weights_bytes.get(model, 0) / bw
@@ -79,7 +82,6 @@ class CostModelExecutor:
         t = float(self.cost_models[plan.model].step_time(BatchShape.of(plan)))
         t = max(t, 1e-9)
         swap = sum(len(c.pages) for c in plan.swaps) * self.page_size_bytes / self.swap_bandwidth
-        self.clock.advance(t + swap)
         self.busy_s += t + swap
         samples = {s.request_id: SampleOutput(self.token_id) for s in plan.seqs if s.sample}
         return StepResult(plan.model, samples, t, swap)

@@ -9,6 +9,7 @@ from seallm.core import ManualClock
 from seallm.engine.handle import LocalReplica
 from seallm.engine.replica import ReplicaSpec, build_replica
 from seallm.engine.requests import ModelLimits
+from seallm.sched import SchedulingPolicy
 from seallm.sim.executor import CostModelExecutor
 
 
@@ -40,13 +41,23 @@ class SimulatedReplica(LocalReplica):
 
 def simulated_replica(spec: ReplicaSpec, cost_models: Mapping, configs: Mapping[str, ModelLimits],
                       weights_bytes: Mapping[str, int] | None = None, start_s: float = 0.0,
+                      policy: SchedulingPolicy | None = None, swap_bandwidth: float = 25e9,
+                      disk_bandwidth: float = 2e9, host_cache_bandwidth: float = 25e9,
                       **admission) -> SimulatedReplica:
     """A replica built by :func:`build_replica` from ``spec`` around the simulator's
     cost-model executor (``cost_models``: model -> ``CostModel``), on a fresh clock at
-    ``start_s`` (s)."""
+    ``start_s`` (s).
+
+    ``configs``: per model, the limits the request constructor checks. ``policy``: a ready
+    policy object instead of the spec's named one. Bandwidths in bytes/s: KV swap copies,
+    cold loads (checkpoint read) and reloads from the host weight cache
+    (:class:`CostModelExecutor`). ``admission``: ``max_waiting_requests``,
+    ``max_waiting_tokens``, ``max_queue_delay_s`` as in the server.
+    """
     clock = ManualClock(start_s)
-    rep = build_replica(spec, lambda layout: CostModelExecutor(cost_models, clock, layout.page_size_bytes,
-                                                               weights_bytes=weights_bytes), clock)
+    rep = build_replica(spec, lambda layout: CostModelExecutor(
+        cost_models, clock, layout.page_size_bytes, swap_bandwidth, weights_bytes=weights_bytes,
+        disk_bandwidth=disk_bandwidth, host_cache_bandwidth=host_cache_bandwidth), clock, policy=policy)
     handle = SimulatedReplica(rep.core, configs, **admission)
     handle.clock = clock
     return handle

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from seallm.bench.baseline import AloneLatency, fit_alone_latency
 from seallm.bench.calibrate import CalibrationConfig, calibration_requests
@@ -25,6 +25,10 @@ class SimConfig:
         swap_pages: host swap space in pages; swap_bandwidth: its copy rate, bytes/s.
         slo_scales: SLO attainment scales (E2E <= scale x served-alone latency).
         seed: workload seed (synthetic workloads).
+        max_resident_models, weights_memory_bytes, residency_policy: models loaded on
+            demand, as in the deployment file (None: all resident).
+        disk_bandwidth, host_cache_bandwidth: bytes/s of a cold load and of a reload from
+            the host weight cache.
     """
 
     models: tuple[SimModel, ...]
@@ -37,6 +41,11 @@ class SimConfig:
     swap_bandwidth: float = 25e9
     slo_scales: tuple[float, ...] = (5.0, 10.0)
     seed: int = 0
+    max_resident_models: int | None = None
+    weights_memory_bytes: int | None = None
+    residency_policy: str = "seallm"
+    disk_bandwidth: float = 2e9
+    host_cache_bandwidth: float = 25e9
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,9 @@ class SimResult:
 def _device(cfg: SimConfig, requests: Sequence[BenchRequest]) -> DeviceResult:
     policy = make_policy(cfg.scheduling_policy, dict(cfg.policy_options))
     return simulate_device(requests, cfg.models, policy, cfg.kv_pages, cfg.page_size_bytes, cfg.scheduler,
-                           cfg.swap_pages, cfg.swap_bandwidth)
+                           cfg.swap_pages, cfg.swap_bandwidth, max_resident_models=cfg.max_resident_models,
+                           weights_memory_bytes=cfg.weights_memory_bytes, residency_policy=cfg.residency_policy,
+                           disk_bandwidth=cfg.disk_bandwidth, host_cache_bandwidth=cfg.host_cache_bandwidth)
 
 
 def _check_models(cfg: SimConfig, requests: Sequence[BenchRequest]) -> None:
@@ -70,6 +81,7 @@ def simulated_alone_latency(cfg: SimConfig, requests: Sequence[BenchRequest],
         ValueError: a request of a model the device does not hold.
     """
     _check_models(cfg, requests)
+    cfg = replace(cfg, max_resident_models=None, weights_memory_bytes=None)  # alone: its model is resident
     calibration = calibration or CalibrationConfig()
     out = {}
     for m in sorted({r.model for r in requests}):
