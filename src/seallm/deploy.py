@@ -42,6 +42,38 @@ class SLOClass:
     e2e: float | None = None
 
 
+REPLICA_KEYS = ("name", "models", "device", "kv_cache_memory", "swap_space", "max_resident_models",
+                "weights_memory", "host_weight_cache", "threads")
+ROUTING_POLICIES = ("least_loaded", "round_robin")
+
+
+@dataclass(frozen=True)
+class ReplicaEntry:
+    """One replica of a deployment: a name, the models it may hold (names from the
+    deployment's ``models``; empty: all), and the device settings that differ from the
+    deployment's top level (None: inherit). Each replica runs in its own engine process.
+
+    Raises:
+        ValueError: an empty name or a non-positive ``threads``.
+    """
+
+    name: str
+    models: tuple[str, ...] = ()
+    device: str | None = None
+    kv_cache_memory: str | int | None = None
+    swap_space: str | int | None = None
+    max_resident_models: int | None = None
+    weights_memory: str | int | None = None
+    host_weight_cache: str | int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"a replica needs a non-empty name, got {self.name!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"replica {self.name!r}: threads must be a positive integer, got {self.threads!r}")
+
+
 @dataclass(frozen=True)
 class DeploymentConfig:
     """Everything needed to serve a set of models on one device.
@@ -98,6 +130,13 @@ class DeploymentConfig:
             urgency of the held requests; the least requested idle model leaves) or "lru"
             (in arrival order; the least recently used idle model leaves, as llama-swap and
             Ollama do).
+        threads: intra-op CPU threads of the engine process (None: PyTorch's default, every
+            core); with several replicas on one CPU host, give each its share.
+        replicas: the replicas behind the one endpoint (:class:`ReplicaEntry`; empty: one
+            replica holding every model, with the settings above). A request goes to a
+            replica that lists its model, chosen by ``routing_policy``.
+        routing_policy: "least_loaded" (the replica with the fewest requests queued or
+            running, preferring one where the model is resident) or "round_robin".
         host, port, api_key: HTTP front end.
     """
 
@@ -131,6 +170,9 @@ class DeploymentConfig:
     weights_memory: str | int | None = None
     host_weight_cache: str | int = "8GiB"
     residency_policy: str = "seallm"
+    threads: int | None = None
+    replicas: tuple[ReplicaEntry, ...] = ()
+    routing_policy: str = "least_loaded"
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -143,6 +185,8 @@ class DeploymentConfig:
             raise ValueError(f"model names must be unique, got {names}")
         SchedulerConfig(self.max_num_batched_tokens, self.max_num_seqs, self.preemption_mode)  # validates
         parse_bytes(self.swap_space)  # validates
+        if self.kv_cache_memory is not None:
+            parse_bytes(self.kv_cache_memory)
         if parse_bytes(self.max_request_body) < 1024:
             raise ValueError(f"max_request_body must be at least 1KiB, got {self.max_request_body!r}")
         for k in ("max_waiting_requests", "max_waiting_tokens"):
@@ -179,8 +223,54 @@ class DeploymentConfig:
 
         ResidencyConfig(self.max_resident_models, None, frozenset(m.name for m in self.models if m.pinned),
                         self.residency_policy)  # validates
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or null, got {self.threads!r}")
+        if self.routing_policy not in ROUTING_POLICIES:
+            raise ValueError(f"unknown routing_policy {self.routing_policy!r}; known: {list(ROUTING_POLICIES)}")
+        self._check_replicas(names)
         object.__setattr__(self, "policy_options", resolve_trace_seeds(self.policy_options))
         make_policy(self.scheduling_policy, self.policy_options)  # validates name and options
+
+    def _check_replicas(self, names: list[str]) -> None:
+        rnames = [r.name for r in self.replicas]
+        if len(set(rnames)) != len(rnames):
+            raise ValueError(f"replica names must be unique, got {rnames}")
+        served: set[str] = set()
+        for r in self.replicas:
+            unknown = sorted(set(r.models) - set(names))
+            if unknown:
+                raise ValueError(f"replica {r.name!r} lists model(s) {unknown} that are not in models: {names}")
+            served |= set(r.models or names)
+        missing = [n for n in names if self.replicas and n not in served]
+        if missing:
+            raise ValueError(f"model(s) {missing} are on no replica; add them to a replica's models")
+        if self.replicas:
+            self.replica_deployments()  # each replica validates as a one-device deployment
+
+    def replica_deployments(self) -> list[tuple[str, "DeploymentConfig"]]:
+        """The deployment of each replica as a one-replica ``DeploymentConfig`` (its models,
+        the replica's overrides applied), in order; ``[("0", self)]`` without ``replicas``.
+        With several replicas, a ``profiles_path`` ``p.json`` becomes ``p.<replica>.json``.
+
+        Raises:
+            ValueError: a replica whose settings are invalid (named).
+        """
+        if not self.replicas:
+            return [("0", self)]
+        out = []
+        for r in self.replicas:
+            models = tuple(m for m in self.models if not r.models or m.name in r.models)
+            over = {k: getattr(r, k) for k in REPLICA_KEYS[2:]}
+            prof = self.profiles_path
+            if prof and len(self.replicas) > 1:
+                stem, ext = os.path.splitext(prof)
+                prof = f"{stem}.{r.name}{ext or '.json'}"
+            try:
+                out.append((r.name, replace(self, models=models, replicas=(), profiles_path=prof,
+                                            **{k: v for k, v in over.items() if v is not None})))
+            except ValueError as e:
+                raise ValueError(f"replica {r.name!r}: {e}") from None
+        return out
 
     def with_overrides(self, **kw: Any) -> "DeploymentConfig":
         """A copy with the given fields replaced (None values are ignored)."""
@@ -256,6 +346,11 @@ def load_deployment(path: str) -> DeploymentConfig:
         engine_restart_window_s: 600
         engine_restart_backoff_s: 1   # doubling per restart in the window,
         engine_restart_backoff_max_s: 30  # up to this
+        # several replicas behind the one endpoint (optional; each its own engine process):
+        replicas:
+          - {name: r0, models: [chat], threads: 1}
+          - {name: r1, models: [chat, code], threads: 1, kv_cache_memory: 1GiB}
+        routing_policy: least_loaded  # or round_robin
 
     Relative model paths are resolved against the file's folder.
 
@@ -296,9 +391,23 @@ def load_deployment(path: str) -> DeploymentConfig:
             slos.append(SLOClass(**s))
         except TypeError as e:
             raise ValueError(f"{path}: slo_classes[{i}]: {e}") from None
-    rest = {k: v for k, v in raw.items() if k not in ("models", "slo_classes")}
+    replicas = []
+    for i, r in enumerate(raw.get("replicas") or []):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: replicas[{i}] must be a mapping")
+        extra = set(r) - set(REPLICA_KEYS)
+        if extra:
+            raise ValueError(f"{path}: replicas[{i}] has unknown keys {sorted(extra)}; known: {list(REPLICA_KEYS)}")
+        ms = r.get("models") or []
+        if not isinstance(ms, list) or not all(isinstance(x, str) for x in ms):
+            raise ValueError(f"{path}: replicas[{i}].models must be a list of model names")
+        try:
+            replicas.append(ReplicaEntry(**{**r, "name": str(r.get("name", f"r{i}")), "models": tuple(ms)}))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: replicas[{i}]: {e}") from None
+    rest = {k: v for k, v in raw.items() if k not in ("models", "slo_classes", "replicas")}
     try:
-        return DeploymentConfig(models=tuple(models), slo_classes=tuple(slos), **rest)
+        return DeploymentConfig(models=tuple(models), slo_classes=tuple(slos), replicas=tuple(replicas), **rest)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
 

@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import seallm
 from seallm.deploy import DeploymentConfig
-from seallm.server.engine_client import ControlError, EngineClient, EngineDeadError
+from seallm.server.engine_client import ControlError, EngineDeadError
+from seallm.server.replicas import ReplicaSet
 from seallm.kv import parse_bytes
 from seallm.server.errors import APIError, error_body, error_response
 from seallm.server.metrics import ServerMetrics
@@ -43,25 +44,24 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         from seallm.offline import load_tokenizer
 
-        engine = EngineClient(cfg)
+        engine = ReplicaSet(cfg)
         try:
-            ready = await engine.start()
+            await engine.start()
         except BaseException:
             await engine.shutdown()
             raise
+        ready = engine.ready
         models = {m.name: ServedModel(m, load_tokenizer(m.path)) for m in ready.models}
         metrics = ServerMetrics(list(models), ready.scheduling_policy, ready.num_pages, cfg.preemption_mode)
         app.state.engine = engine
         app.state.metrics = metrics
-        engine.on_restart.append(metrics.engine_restarts.inc)
-        engine.on_model_event.append(metrics.observe_model_event)
 
         def _restarted(r) -> None:  # same models; the KV pool may be sized anew from free memory
             for info in r.models:
                 models[info.name].info = info
-            metrics.kv_total.set(r.num_pages)
+            metrics.kv_total.set(engine.ready.num_pages)
 
-        engine.on_ready.append(_restarted)
+        engine.on(restart=metrics.engine_restarts.inc, model_event=metrics.observe_model_event, ready=_restarted)
         from seallm.core import SLO
 
         slo_classes = {c.name: SLO(c.ttft, c.tpot, c.e2e) for c in cfg.slo_classes}
@@ -110,15 +110,20 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
     @app.get("/health")
     async def health(request: Request):
         # 200 {"status": "ok"}; 503 {"status": "restarting" | "failed" | "stopped", "error": {OpenAI error}}
+        # With several replicas: 200 only while every replica serves; "replicas" has each one's state.
         engine = request.app.state.engine
         body = {"status": "ok", "engine_restarts": engine.restarts}
+        if len(engine.clients) > 1:
+            body["replicas"] = engine.describe()
         if engine.alive:
             return JSONResponse(body)
-        status = engine.status if engine.status in ("failed", "stopped") else "restarting"
+        status = engine.status()
+        if status == "ok":
+            status = "restarting"
         message = {"restarting": "the engine process died; the server is restarting it",
                    "failed": "the engine process died and could not be restarted; restart the server",
                    "stopped": "the server is shutting down"}[status]
-        body.update(status=status, last_engine_exit=engine.last_death, error=error_body(message, 503)["error"])
+        body.update(status=status, last_engine_exit=engine.last_death(), error=error_body(message, 503)["error"])
         headers = None
         if status == "restarting":
             retry = math.ceil(engine.retry_after() or 1)
@@ -133,14 +138,14 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
     @app.get("/metrics")
     async def metrics(request: Request):
         st = request.app.state
-        st.metrics.update_engine(st.engine.state.stats)
+        st.metrics.update_engine(st.engine.stats())
         return Response(st.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def model_card(st, name: str, m: ServedModel) -> dict:
         # No filesystem path: "root" is the served name, as vLLM reports for a named model.
         return {"id": name, "object": "model", "created": st.created, "owned_by": "seallm", "root": name,
                 "parent": None, "max_model_len": m.info.max_model_len,
-                "resident": st.engine.state.resident.get(name, m.info.resident), "pinned": m.info.pinned}
+                "resident": _resident(st.engine.is_resident(name), m.info.resident), "pinned": m.info.pinned}
 
     async def _control(request: Request, model_id: str, call) -> JSONResponse:
         st = request.app.state
@@ -188,6 +193,10 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
         return await _answer(request.app.state.serving.chat(body, request))
 
     return app
+
+
+def _resident(now: bool | None, at_start: bool) -> bool:
+    return at_start if now is None else now
 
 
 async def _answer(call):

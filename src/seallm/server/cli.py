@@ -45,6 +45,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="host memory keeping unloaded models' weights for fast reloads (default 8GiB; 0: none)")
     p.add_argument("--residency-policy", default=None, choices=("seallm", "lru"),
                    help="which model loads next and which makes room (default seallm)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op CPU threads of the engine process (default: every core)")
+    p.add_argument("--routing-policy", default=None, choices=("least_loaded", "round_robin"),
+                   help="how a request picks one of several replicas (default least_loaded)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_serve)
@@ -81,7 +85,8 @@ def deployment_from_args(args: argparse.Namespace):
                               max_request_body=args.max_request_body,
                               allow_request_chat_template=args.allow_request_chat_template,
                               max_resident_models=args.max_resident_models, weights_memory=args.weights_memory,
-                              host_weight_cache=args.host_weight_cache, residency_policy=args.residency_policy)
+                              host_weight_cache=args.host_weight_cache, residency_policy=args.residency_policy,
+                              threads=args.threads, routing_policy=args.routing_policy)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -167,6 +167,11 @@ class EngineClient:
         return self.status == OK and self._proc is not None and self._proc.is_alive()
 
     @property
+    def num_in_flight(self) -> int:
+        """Sequences sent to this engine and not finished (queued or running there)."""
+        return len(self._routes)
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 

@@ -60,6 +60,10 @@ def engine_main(cfg: DeploymentConfig, in_addr: str, out_addr: str) -> None:
     try:
         from seallm.deploy import build_engine
 
+        if cfg.threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         stack = build_engine(cfg)
     except Exception as e:  # report why, then exit
         push.send(enc.encode(EngineError(f"{type(e).__name__}: {e}")))

@@ -23,7 +23,8 @@ from seallm.core import SLO, SamplingParams
 from seallm.engine.detokenizer import IncrementalDetokenizer
 from seallm.engine.messages import AddRequest, Delta, ModelInfo
 from seallm.engine.requests import check_prompt
-from seallm.server.engine_client import EngineClient, EngineDeadError
+from seallm.server.engine_client import EngineDeadError
+from seallm.server.replicas import ReplicaSet
 from seallm.server.errors import APIError, error_body
 from seallm.server.metrics import ServerMetrics
 from seallm.server.protocol import ChatCompletionRequest, CompletionRequest
@@ -64,10 +65,10 @@ class _Seq:
 class OpenAIServing:
     """Request handling for ``/v1/completions`` and ``/v1/chat/completions``."""
 
-    def __init__(self, engine: EngineClient, models: dict[str, ServedModel], metrics: ServerMetrics,
+    def __init__(self, replicas: ReplicaSet, models: dict[str, ServedModel], metrics: ServerMetrics,
                  max_tokens_limit: int | None = None, slo_classes: dict[str, SLO] | None = None,
                  max_sequences_per_request: int = 256, template_sandbox: TemplateSandbox | None = None) -> None:
-        self.engine = engine
+        self.replicas = replicas
         self.models = models
         self.metrics = metrics
         self.max_tokens_limit = max_tokens_limit
@@ -267,9 +268,10 @@ class OpenAIServing:
         queue: asyncio.Queue = asyncio.Queue()
         slo = self._slo(req)
         try:
-            try:
+            try:  # every sequence of one HTTP request goes to the same replica (one queue)
+                engine = self.replicas.pick(seqs[0].model)
                 for s in seqs:
-                    await self.engine.add(AddRequest(s.request_id, s.model, s.prompt_ids, s.params, s.arrival,
+                    await engine.add(AddRequest(s.request_id, s.model, s.prompt_ids, s.params, s.arrival,
                                                      req.priority, slo), queue, s.index)
             except EngineDeadError as e:  # restarting (Retry-After), or given up (none)
                 headers = None if e.retry_after is None else {"Retry-After": str(max(1, math.ceil(e.retry_after)))}
@@ -341,7 +343,7 @@ class OpenAIServing:
     def _abort_unfinished(self, seqs: list[_Seq]) -> None:
         ids = [s.request_id for s in seqs if s.finish_reason is None]
         if ids:
-            self.engine.abort(ids)
+            self.replicas.abort(ids)
 
     async def _next(self, seqs: list[_Seq], queue: asyncio.Queue) -> tuple[_Seq, str]:
         """Apply the next delta; returns the sequence and the text that may be shown now."""
@@ -363,7 +365,7 @@ class OpenAIServing:
         text = s.detok.add(d.token_ids) if s.detok is not None and d.token_ids else ""
         if s.detok is not None and s.detok.stopped_by is not None and d.finish_reason is None:
             s.finish_reason, s.stop_reason = "stop", s.detok.stopped_by
-            self.engine.abort([s.request_id], reason="stop")
+            self.replicas.abort([s.request_id], reason="stop")
         elif d.finish_reason is not None:
             s.finish_reason, s.stop_reason = d.finish_reason, d.stop_reason
             if s.detok is not None:
