@@ -130,6 +130,10 @@ class DeploymentConfig:
             urgency of the held requests; the least requested idle model leaves) or "lru"
             (in arrival order; the least recently used idle model leaves, as llama-swap and
             Ollama do).
+        residency_preempt_after: ``seallm`` residency: a model drained to make room whose
+            running requests outlast this many times the predicted load times of it and of
+            the waiting model is evicted, its running requests preempted (recomputed after
+            its reload; each request at most once). null: always wait for the drain.
         threads: intra-op CPU threads of the engine process (None: PyTorch's default, every
             core); with several replicas on one CPU host, give each its share.
         replicas: the replicas behind the one endpoint (:class:`ReplicaEntry`; empty: one
@@ -170,6 +174,7 @@ class DeploymentConfig:
     weights_memory: str | int | None = None
     host_weight_cache: str | int = "8GiB"
     residency_policy: str = "seallm"
+    residency_preempt_after: float | None = 1.0
     threads: int | None = None
     replicas: tuple[ReplicaEntry, ...] = ()
     routing_policy: str = "least_loaded"
@@ -222,7 +227,7 @@ class DeploymentConfig:
         from seallm.sched.residency import ResidencyConfig
 
         ResidencyConfig(self.max_resident_models, None, frozenset(m.name for m in self.models if m.pinned),
-                        self.residency_policy)  # validates
+                        self.residency_policy, preempt_after=self.residency_preempt_after)  # validates
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or null, got {self.threads!r}")
         if self.routing_policy not in ROUTING_POLICIES:
@@ -443,7 +448,7 @@ def replica_spec(cfg: DeploymentConfig, configs: dict[str, Any], kv_cache_bytes:
         scheduling_policy=cfg.scheduling_policy, policy_options=cfg.policy_options, profiles_path=cfg.profiles_path,
         max_resident_models=cfg.max_resident_models,
         weights_memory_bytes=parse_bytes(cfg.weights_memory) if cfg.weights_memory is not None else None,
-        residency_policy=cfg.residency_policy)
+        residency_policy=cfg.residency_policy, residency_preempt_after=cfg.residency_preempt_after)
 
 
 def build_engine(cfg: DeploymentConfig) -> EngineStack:
@@ -457,7 +462,6 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
     """
     import torch
 
-    from seallm.models.loader import load_model, move_model
     from seallm.worker.executor import ModelExecutor
     from seallm.worker.weights import WeightLoader
 
@@ -474,12 +478,8 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
     cache = parse_bytes(cfg.host_weight_cache) if cfg.host_weight_cache != 0 else 0
 
     def executor(layout: ReplicaLayout) -> ModelExecutor:
-        models = {}
-        for n in layout.resident:
-            models[n] = load_model(configs[n])
-            if dev.type != "cpu":
-                move_model(models[n], dev)
         loader = WeightLoader(configs, dev, cache)
+        models = {n: loader.load_now(n) for n in layout.resident}
         return ModelExecutor(models, layout.num_pages, layout.page_size_bytes, dict(layout.tokens_per_page), dev,
                              num_host_pages=layout.num_host_pages, loader=loader)
 

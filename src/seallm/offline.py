@@ -49,7 +49,8 @@ class LLM:
         page_size_bytes: bytes per KV page; default: the smallest power of two giving every
             model >= 16 tokens per page.
         gpu_memory_utilization: fraction of free device memory for the pool (CUDA only).
-        max_resident_models, weights_memory, host_weight_cache, residency_policy, pinned:
+        max_resident_models, weights_memory, host_weight_cache, residency_policy,
+        residency_preempt_after, pinned:
             models loaded and unloaded at run time, as in the deployment file: at most
             ``max_resident_models`` (or ``weights_memory`` bytes of weights) on the device; a
             prompt for another model loads it (from the host cache of ``host_weight_cache``
@@ -79,6 +80,7 @@ class LLM:
         host_weight_cache: int | str = "8GiB",
         residency_policy: str = "seallm",
         pinned: Sequence[str] = (),
+        residency_preempt_after: float | None = 1.0,
     ) -> None:
         if not models:
             raise ValueError("LLM needs at least one model: models={'name': '/path/to/checkpoint'}")
@@ -91,7 +93,8 @@ class LLM:
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization, policy_options=dict(policy_options or {}),
             preemption_mode=preemption_mode, swap_space=swap_space, max_resident_models=max_resident_models,
-            weights_memory=weights_memory, host_weight_cache=host_weight_cache, residency_policy=residency_policy)
+            weights_memory=weights_memory, host_weight_cache=host_weight_cache, residency_policy=residency_policy,
+            residency_preempt_after=residency_preempt_after)
         stack = build_engine(cfg)
         self.configs: dict[str, ModelConfig] = stack.model_configs
         self.kv = stack.kv

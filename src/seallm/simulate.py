@@ -145,6 +145,7 @@ def sim_config_from_args(args: argparse.Namespace):
                              swap_bandwidth=device.host_link_bandwidth, slo_scales=tuple(args.slo_scales), seed=args.seed,
                              max_resident_models=spec.max_resident_models,
                              weights_memory_bytes=spec.weights_memory_bytes, residency_policy=spec.residency_policy,
+                             residency_preempt_after=spec.residency_preempt_after,
                              disk_bandwidth=args.disk_bandwidth, host_cache_bandwidth=device.host_link_bandwidth))
     return dep, out
 

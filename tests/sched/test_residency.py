@@ -22,7 +22,7 @@ WEIGHTS = 2_000_000  # bytes per model: 1 ms to load from disk at 2 GB/s
 
 
 def make(max_resident=2, policy="seallm", pinned=(), sched_policy="fcfs", pages=64, weights_memory=None,
-         preemption="swap"):
+         preemption="swap", preempt_after=1.0):
     clock = ManualClock(0.0)
     models = tuple(ReplicaModel(n, SPEC if i % 2 == 0 else SPEC2, WEIGHTS, n in pinned) for i, n in enumerate(NAMES))
     spec = ReplicaSpec(models=models, kv_cache_bytes=pages * 4096, page_size_bytes=4096,
@@ -30,7 +30,7 @@ def make(max_resident=2, policy="seallm", pinned=(), sched_policy="fcfs", pages=
                        scheduler=SchedulerConfig(64, 8, preemption), scheduling_policy=sched_policy,
                        policy_options={} if sched_policy == "fcfs" else {"refit_every_steps": None},
                        max_resident_models=max_resident, weights_memory_bytes=weights_memory,
-                       residency_policy=policy)
+                       residency_policy=policy, residency_preempt_after=preempt_after)
     ex = []
 
     def factory(layout):
@@ -131,8 +131,9 @@ def test_request_for_non_resident_model_is_held_loaded_and_completes():
     assert rep.scheduler.kv.pool.num_used == 0
 
 
-def test_never_evicts_a_model_with_running_requests_and_never_more_than_the_limit():
-    rep, ex, clock = make()
+@pytest.mark.parametrize("policy, preempt_after", [("lru", 1.0), ("seallm", None)])
+def test_never_evicts_a_model_with_running_requests_and_never_more_than_the_limit(policy, preempt_after):
+    rep, ex, clock = make(policy=policy, preempt_after=preempt_after)
     d = Driver(rep, ex, clock)
     t = 0.0
     for i in range(40):
@@ -218,6 +219,32 @@ def test_a_model_just_loaded_serves_what_it_was_loaded_for_before_eviction():
     loads = [e.model for e in d.events if e.kind == "loaded"]
     assert loads == ["b", "c", "d"]  # each served before the next replaced it: 3 loads, no thrash
     assert all(d.finished[r].num_output_tokens == 4 for r in ("b1", "c1", "d1"))
+
+
+def test_an_overdue_drain_preempts_once_and_every_request_completes():
+    # a and b run long requests; c's request waits. seallm waits for the drain for 1x the two
+    # load times (1 ms each here), then evicts the drained model, preempting its request,
+    # which completes after its model's reload; lru waits for the drain to end.
+    out = {}
+    for policy in ("seallm", "lru"):
+        rep, ex, clock = make(policy=policy)
+        d = Driver(rep, ex, clock)
+        rep.core.add_request(req("a1", "a", n_out=400))
+        rep.core.add_request(req("b1", "b", n_out=400, t=0.0))
+        d.step()
+        d.step()
+        rep.core.add_request(req("c1", "c", n_out=2, t=clock.now()))
+        t_c = clock.now()
+        d.run()
+        assert {r.num_output_tokens for r in d.finished.values()} == {400, 2}
+        assert all(r.finish_reason is FinishReason.LENGTH for r in d.finished.values())
+        preempted = [x for x in d.log if x[1] == "unloaded" and x[3] > 0]
+        out[policy] = (d.finished["c1"].finish_time - t_c, len(preempted))
+        assert max(r.num_preemptions for r in d.finished.values()) <= (1 if policy == "seallm" else 0)
+        assert rep.kv.pool.num_used == 0 and d.max_resident <= 2
+    (seallm_wait, seallm_preempted), (lru_wait, lru_preempted) = out["seallm"], out["lru"]
+    assert lru_preempted == 0 and seallm_preempted >= 1
+    assert seallm_wait < 0.1 * lru_wait  # c waited a few ms, not for a 400-token request
 
 
 def test_busy_models_are_drained_so_a_held_request_is_not_starved():

@@ -59,16 +59,22 @@ def test_requests_spread_over_the_replicas_that_list_their_model(two_replicas):
 
 
 def test_greedy_outputs_match_across_replicas(two_replicas):
-    texts = set()
-    before = {n: r["requests_routed"] for n, r in _replicas(two_replicas).items()}
-    for _ in range(4):  # least_loaded on idle replicas: ties go to r0, so force spread by concurrency
-        with cf.ThreadPoolExecutor(2) as pool:
-            for code, body in pool.map(lambda i: _complete(two_replicas, "llama", 0, 8), range(2)):
-                assert code == 200
-                texts.add(body["choices"][0]["text"])
-    routed = {n: r["requests_routed"] - before[n] for n, r in _replicas(two_replicas).items()}
-    assert routed["r0"] >= 1 and routed["r1"] >= 1, routed
-    assert len(texts) == 1  # same checkpoint, same greedy tokens on either replica
+    code, alone = _complete(two_replicas, "llama", 0, 8)  # idle replicas: the tie goes to r0
+    assert code == 200
+    with cf.ThreadPoolExecutor(1) as pool:
+        long = pool.submit(_complete, two_replicas, "llama", 1, 400)  # keeps one replica busy
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(r["in_flight"] for r in _replicas(two_replicas).values()):
+            time.sleep(0.01)
+        busy = [n for n, r in _replicas(two_replicas).items() if r["in_flight"]]
+        before = _replicas(two_replicas)
+        code, other = _complete(two_replicas, "llama", 0, 8)  # least loaded: the other replica
+        after = _replicas(two_replicas)
+        assert long.result()[0] == 200
+    assert code == 200 and busy
+    routed = {n: after[n]["requests_routed"] - before[n]["requests_routed"] for n in after}
+    assert routed[busy[0]] == 0 and sum(routed.values()) == 1, routed
+    assert other["choices"][0]["text"] == alone["choices"][0]["text"]  # same checkpoint, same greedy tokens
 
 
 def test_a_dead_replica_costs_only_what_cannot_go_elsewhere(two_replicas):

@@ -57,6 +57,8 @@ class ReplicaSpec:
         weights_memory_bytes: device bytes for resident weights (None: no limit).
         residency_policy: ``"seallm"`` (load by urgency, evict the least requested idle
             model) or ``"lru"`` (load in arrival order, evict the least recently used).
+        residency_preempt_after: ``seallm``: a drain lasting this many times the two models'
+            predicted load times ends by preempting (None: always wait for the drain).
 
     Raises:
         ValueError: no models, duplicate names, a non-positive size, or an unknown policy.
@@ -75,6 +77,7 @@ class ReplicaSpec:
     max_resident_models: int | None = None
     weights_memory_bytes: int | None = None
     residency_policy: str = "seallm"
+    residency_preempt_after: float | None = 1.0
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -92,7 +95,8 @@ class ReplicaSpec:
 
     def residency_config(self) -> ResidencyConfig:
         return ResidencyConfig(self.max_resident_models, self.weights_memory_bytes,
-                               frozenset(m.name for m in self.models if m.pinned), self.residency_policy)
+                               frozenset(m.name for m in self.models if m.pinned), self.residency_policy,
+                               preempt_after=self.residency_preempt_after)
 
     def initial_residents(self) -> list[str]:
         """Models resident at start: pinned ones, then the others in order while they fit.

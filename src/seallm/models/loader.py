@@ -121,17 +121,3 @@ def load_model(config: ModelConfig) -> LlamaForCausalLM:
         raise CheckpointError(f"{c.path}: checkpoint has no 'lm_head.weight' and config.json has tie_word_embeddings=false")
     norm = s.get("model.norm.weight", (h,), dt)
     return LlamaForCausalLM(c, embed, layers, norm, lm_head)
-
-
-def move_model(model: LlamaForCausalLM, dev: torch.device) -> None:
-    """Move every weight of ``model`` to ``dev`` (RoPE tables are rebuilt there on first use)."""
-    model.embed = model.embed.to(dev)
-    model.lm_head = model.embed if model.config.tie_word_embeddings else model.lm_head.to(dev)
-    model.norm = model.norm.to(dev)
-    for w in model.layers:
-        for k, v in vars(w).items():
-            if v is not None:
-                setattr(w, k, v.to(dev))
-    model.rope.device = dev
-    model.rope._cos = model.rope._cos[:0].to(dev)
-    model.rope._sin = model.rope._sin[:0].to(dev)

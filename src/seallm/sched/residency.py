@@ -13,14 +13,18 @@ models make room for it. Two policies (torch-free; the engine executes the decis
     idle longest). When idle models do not make room, a busy one is drained, the least
     requested first (ties: the one whose most urgent request is least urgent): its waiting
     requests stop starting, its running ones finish, then it is evicted (its held requests
-    reload it later by the same rule).
+    reload it later by the same rule). A drain that outlasts what preempting would cost
+    (``preempt_after`` x the two models' predicted load times: ski rental) ends in preemption:
+    the model is evicted at once and its running requests wait, to be recomputed, for its
+    reload; a request is preempted so at most once, so every request makes progress.
 ``lru`` (the llama-swap / Ollama way, our baseline): loads in arrival order of the held
     requests; evicts the least recently used idle model; when none is idle, drains the least
     recently used one whatever waits for it.
 
 Both: one load at a time; pinned models are never evicted; a model just loaded is not
-evicted before every request that was held for it has started (no thrash); a model with
-running requests is never evicted (a forced unload through the API aborts them instead).
+evicted before every request that was held for it has started (no thrash); under ``lru``
+a model with running requests is never evicted, under ``seallm`` only by an overdue drain
+(a forced unload through the API aborts them instead).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from seallm.core import RequestStatus
 
 if TYPE_CHECKING:
     from seallm.sched.scheduler import Scheduler
@@ -47,6 +53,11 @@ class ResidencyConfig:
         policy: ``"seallm"`` or ``"lru"`` (module docstring).
         rate_halflife_s: half-life of the arrival-rate estimate used by ``seallm`` (s).
         default_load_bandwidth: bytes/s assumed for a model's first load (before one is measured).
+        preempt_after: ``seallm`` only: a model drained to make room whose running requests
+            have not finished after this many times the predicted load times of it and of
+            the model waiting (s) is evicted at once, its running requests preempted
+            (recompute: they wait in its queue for its reload). Ski rental: wait for the
+            drain as long as preempting would cost, then preempt. None: always wait.
 
     Raises:
         ValueError: a non-positive limit or an unknown policy.
@@ -58,6 +69,7 @@ class ResidencyConfig:
     policy: str = "seallm"
     rate_halflife_s: float = 10.0
     default_load_bandwidth: float = 1e9
+    preempt_after: float | None = 1.0
 
     def __post_init__(self) -> None:
         if self.max_resident_models is not None and (not isinstance(self.max_resident_models, int)
@@ -70,6 +82,8 @@ class ResidencyConfig:
             raise ValueError(f"unknown residency policy {self.policy!r}; known: {list(RESIDENCY_POLICIES)}")
         if not self.rate_halflife_s > 0 or not self.default_load_bandwidth > 0:
             raise ValueError("rate_halflife_s and default_load_bandwidth must be > 0")
+        if self.preempt_after is not None and not (0 <= self.preempt_after < math.inf):
+            raise ValueError(f"preempt_after must be a finite number >= 0 or null, got {self.preempt_after!r}")
         object.__setattr__(self, "pinned", frozenset(self.pinned))
 
 
@@ -157,6 +171,8 @@ class ResidencyManager:
         self._load_s: dict[str, float] = {}
         self._loaded_for: dict[str, set[str]] = {}
         self._drained: set[str] = set()  # drained by this manager to make room
+        self._drain_since: dict[str, float] = {}  # when each drained model started draining (s)
+        self._preempted: set[str] = set()  # ids of requests an overdue drain preempted (once each)
         self._unloads: dict[str, set[str] | None] = {}  # explicit unload -> ids to finish first (None: force)
         self._loads: list[str] = []  # explicit load requests, in order
         self.num_loads = 0
@@ -209,6 +225,7 @@ class ResidencyManager:
     def on_unloaded(self, model: str) -> None:
         self.resident.discard(model)
         self._drained.discard(model)
+        self._drain_since.pop(model, None)
         self._unloads.pop(model, None)
         self._loaded_for.pop(model, None)
         self.num_evictions += 1
@@ -277,7 +294,8 @@ class ResidencyManager:
             self._undrain(sched, keep=set())
             return ResidencyDecision(tuple(evict) + tuple((m, False) for m in chosen), target)
         # Not enough idle room: drain busy models (no new starts) until they would make it.
-        busy = [m for m in staying if m not in chosen and self._evictable(m, sched)]
+        busy = [m for m in staying if m not in chosen and m not in self.config.pinned
+                and not self._protected(m, sched)]
         if self.config.policy == "seallm":
             # Least requested first, then the one whose most urgent request is least urgent.
             keyed = [(self.arrival_rate(m, now), _Neg(self._most_urgent(m, sched, now)), m) for m in busy]
@@ -294,8 +312,32 @@ class ResidencyManager:
         self._undrain(sched, keep=drain)
         for m in drain - self._drained:
             sched.set_admission(m, ())
+            self._drain_since[m] = now
         self._drained |= drain
+        preempt = self._overdue(drain, target, sched, now)
+        if preempt and self._fits(staying - set(chosen) - drain, target):
+            # Every drained model is overdue: evict them now, preempting their running requests.
+            self._preempted = {i for i in self._preempted if i in sched.requests}
+            self._preempted |= {r.request_id for m in drain for r in sched.running[m]}
+            return ResidencyDecision(tuple(evict) + tuple((m, False) for m in chosen)
+                                     + tuple((m, False) for m in sorted(drain)), target)
         return ResidencyDecision(tuple(evict))
+
+    def _overdue(self, drain: set[str], target: str, sched: "Scheduler", now: float) -> bool:
+        """``seallm``: every model in ``drain`` has drained longer than ``preempt_after`` x
+        (its predicted load time + the target's), is not protected by the requests it was
+        loaded for, and runs no request an overdue drain preempted before (each request is
+        preempted so at most once: every request makes progress)."""
+        k = self.config.preempt_after
+        if self.config.policy != "seallm" or k is None or not drain:
+            return False
+        for m in drain:
+            bound = k * (self.predicted_load_s(m) + self.predicted_load_s(target))
+            if now - self._drain_since.get(m, now) < bound or self._protected(m, sched):
+                return False
+            if any(r.request_id in self._preempted for r in sched.running[m]):
+                return False
+        return True
 
     # ---- helpers --------------------------------------------------------------------------
     def _target(self, sched: "Scheduler", now: float) -> str | None:
@@ -321,12 +363,16 @@ class ResidencyManager:
         """Unpinned, not protected by the requests it was loaded for, no running request."""
         if model in self.config.pinned or sched.running[model]:
             return False
+        return not self._protected(model, sched)
+
+    def _protected(self, model: str, sched: "Scheduler") -> bool:
+        """Some request ``model`` was loaded for has not run on it yet (no thrash)."""
         held = self._loaded_for.get(model)
         if held:
-            held &= {i for i in held if i in sched.requests and sched.requests[i].first_scheduled_time is None}
+            held &= {i for i in held if i in sched.requests and sched.requests[i].status is not RequestStatus.RUNNING}
             if held:
-                return False
-        return True
+                return True
+        return False
 
     def _evict_rank(self, model: str, now: float) -> tuple:
         if self.config.policy == "seallm":
@@ -347,3 +393,6 @@ class ResidencyManager:
             if m not in self._unloads:
                 sched.set_admission(m, None)
         self._drained &= keep
+        for m in list(self._drain_since):
+            if m not in self._drained:
+                del self._drain_since[m]

@@ -79,6 +79,7 @@ def simulate_device(
     max_resident_models: int | None = None,
     weights_memory_bytes: int | None = None,
     residency_policy: str = "seallm",
+    residency_preempt_after: float | None = 1.0,
     disk_bandwidth: float = 2e9,
     host_cache_bandwidth: float = 25e9,
 ) -> DeviceResult:
@@ -88,7 +89,7 @@ def simulate_device(
     ``output_len`` tokens (``ignore_eos``), as the load client does. ``swap_pages`` host
     pages back swap preemption (``scheduler_config.preemption_mode="swap"``); copies take
     ``swap_bandwidth`` bytes/s. ``max_resident_models`` / ``weights_memory_bytes`` /
-    ``residency_policy`` hold fewer models than ``models`` on the device at once (as in a
+    ``residency_policy`` / ``residency_preempt_after`` hold fewer models than ``models`` on the device at once (as in a
     deployment file); a load takes ``weights_bytes / disk_bandwidth`` the first time and
     ``weights_bytes / host_cache_bandwidth`` from the host weight cache after that (s).
 
@@ -103,7 +104,7 @@ def simulate_device(
                        kv_cache_bytes=kv_pages * page_size_bytes, device="simulated", page_size_bytes=page_size_bytes,
                        swap_space_bytes=swap_pages * page_size_bytes, scheduler=scheduler_config or SchedulerConfig(),
                        max_resident_models=max_resident_models, weights_memory_bytes=weights_memory_bytes,
-                       residency_policy=residency_policy)
+                       residency_policy=residency_policy, residency_preempt_after=residency_preempt_after)
     replica = simulated_replica(spec, {m.name: m.cost_model for m in models}, {m.name: m for m in models},
                                 {m.name: m.weights_bytes for m in models}, policy=policy,
                                 swap_bandwidth=swap_bandwidth, disk_bandwidth=disk_bandwidth,

@@ -25,7 +25,7 @@ class SimConfig:
         swap_pages: host swap space in pages; swap_bandwidth: its copy rate, bytes/s.
         slo_scales: SLO attainment scales (E2E <= scale x served-alone latency).
         seed: workload seed (synthetic workloads).
-        max_resident_models, weights_memory_bytes, residency_policy: models loaded on
+        max_resident_models, weights_memory_bytes, residency_policy, residency_preempt_after: models loaded on
             demand, as in the deployment file (None: all resident).
         disk_bandwidth, host_cache_bandwidth: bytes/s of a cold load and of a reload from
             the host weight cache.
@@ -44,6 +44,7 @@ class SimConfig:
     max_resident_models: int | None = None
     weights_memory_bytes: int | None = None
     residency_policy: str = "seallm"
+    residency_preempt_after: float | None = 1.0
     disk_bandwidth: float = 2e9
     host_cache_bandwidth: float = 25e9
 
@@ -62,6 +63,7 @@ def _device(cfg: SimConfig, requests: Sequence[BenchRequest]) -> DeviceResult:
     return simulate_device(requests, cfg.models, policy, cfg.kv_pages, cfg.page_size_bytes, cfg.scheduler,
                            cfg.swap_pages, cfg.swap_bandwidth, max_resident_models=cfg.max_resident_models,
                            weights_memory_bytes=cfg.weights_memory_bytes, residency_policy=cfg.residency_policy,
+                           residency_preempt_after=cfg.residency_preempt_after,
                            disk_bandwidth=cfg.disk_bandwidth, host_cache_bandwidth=cfg.host_cache_bandwidth)
 
 

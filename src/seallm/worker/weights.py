@@ -127,6 +127,17 @@ class WeightLoader:
         if name not in self._pending:
             self._pending[name] = self._pool.submit(self._load, name)
 
+    def load_now(self, name: str) -> LlamaForCausalLM:
+        """Load ``name`` in this thread and return it (the models resident at start); the
+        same path as a background load (host cache, else the checkpoint).
+
+        Raises:
+            ValueError: an unknown model. seallm.models.CheckpointError: a bad checkpoint.
+        """
+        if name not in self.configs:
+            raise ValueError(f"unknown model {name!r}")
+        return self._load(name)[0]
+
     def _load(self, name: str) -> tuple[LlamaForCausalLM, str, float]:
         from seallm.models.loader import load_model
 
