@@ -31,6 +31,11 @@ class ModelShape:
         return self.hidden_size * (q + 2 * kv) + q * self.hidden_size + 3 * self.hidden_size * self.intermediate_size
 
     @property
+    def weights_bytes(self) -> int:
+        """Bytes of all weights: the layers, plus embedding and LM head (untied)."""
+        return (self.num_layers * self.layer_params + 2 * self.vocab_size * self.hidden_size) * self.dtype_bytes
+
+    @property
     def kv_bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
 
@@ -54,8 +59,7 @@ class RooflineCostModel:
 
     def bytes(self, b: BatchShape) -> float:
         s = self.shape
-        weights = (s.num_layers * s.layer_params + 2 * s.vocab_size * s.hidden_size) * s.dtype_bytes
-        return weights + s.kv_bytes_per_token * (b.num_context_tokens + b.num_tokens)
+        return s.weights_bytes + s.kv_bytes_per_token * (b.num_context_tokens + b.num_tokens)
 
     def step_time(self, batch: BatchShape) -> float:
         d = self.device

@@ -185,13 +185,13 @@ class ReplicaCore:
         self.idle = plan is None
         if plan is None:
             return done
-        if self.residency is not None:
-            self.residency.on_run(plan.model, self.clock.now())
         try:
             result = self.executor.execute(plan)
         except Exception as e:  # noqa: BLE001 - isolate whatever failed
             return done + self._isolate(plan, e)
         self.elapse(result)
+        if self.residency is not None:
+            self.residency.on_run(plan.model, self.clock.now(), result.step_time, plan.num_tokens)
         return done + self.apply(plan, result)
 
     def elapse(self, result: StepResult) -> None:

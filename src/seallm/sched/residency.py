@@ -14,7 +14,8 @@ models make room for it. Two policies (torch-free; the engine executes the decis
     requested first (ties: the one whose most urgent request is least urgent): its waiting
     requests stop starting, its running ones finish, then it is evicted (its held requests
     reload it later by the same rule). A drain that outlasts what preempting would cost
-    (``preempt_after`` x the two models' predicted load times: ski rental) ends in preemption:
+    (``preempt_after`` x the two models' predicted load times plus recomputing the running
+    requests' context: ski rental) ends in preemption:
     the model is evicted at once and its running requests wait, to be recomputed, for its
     reload; a request is preempted so at most once, so every request makes progress.
 ``lru`` (the llama-swap / Ollama way, our baseline): loads in arrival order of the held
@@ -54,10 +55,13 @@ class ResidencyConfig:
         rate_halflife_s: half-life of the arrival-rate estimate used by ``seallm`` (s).
         default_load_bandwidth: bytes/s assumed for a model's first load (before one is measured).
         preempt_after: ``seallm`` only: a model drained to make room whose running requests
-            have not finished after this many times the predicted load times of it and of
-            the model waiting (s) is evicted at once, its running requests preempted
-            (recompute: they wait in its queue for its reload). Ski rental: wait for the
-            drain as long as preempting would cost, then preempt. None: always wait.
+            have not finished after this many times what preempting them costs (the
+            predicted load times of it and of the model waiting, plus recomputing their
+            context) is evicted at once, its running requests preempted (they wait in its
+            queue for its reload). Ski rental: wait for the drain as long as preempting
+            would cost, then preempt. None: always wait.
+        default_prefill_s_per_token: recompute cost per context token until iterations of
+            the replica measured it (s).
 
     Raises:
         ValueError: a non-positive limit or an unknown policy.
@@ -70,6 +74,7 @@ class ResidencyConfig:
     rate_halflife_s: float = 10.0
     default_load_bandwidth: float = 1e9
     preempt_after: float | None = 1.0
+    default_prefill_s_per_token: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.max_resident_models is not None and (not isinstance(self.max_resident_models, int)
@@ -173,6 +178,8 @@ class ResidencyManager:
         self._drained: set[str] = set()  # drained by this manager to make room
         self._drain_since: dict[str, float] = {}  # when each drained model started draining (s)
         self._preempted: set[str] = set()  # ids of requests an overdue drain preempted (once each)
+        self._s_per_token = config.default_prefill_s_per_token  # recompute cost estimate (s/token)
+        self._measured = False
         self._unloads: dict[str, set[str] | None] = {}  # explicit unload -> ids to finish first (None: force)
         self._loads: list[str] = []  # explicit load requests, in order
         self.num_loads = 0
@@ -187,9 +194,14 @@ class ResidencyManager:
         self._rate_t[model] = now
         self.last_used[model] = max(self.last_used.get(model, 0.0), now)
 
-    def on_run(self, model: str, now: float) -> None:
-        """An iteration of ``model`` ran."""
+    def on_run(self, model: str, now: float, step_s: float = 0.0, num_tokens: int = 0) -> None:
+        """An iteration of ``model`` ran: ``num_tokens`` tokens in ``step_s`` seconds (an
+        iteration of at least 32 tokens updates the recompute-cost estimate)."""
         self.last_used[model] = max(self.last_used.get(model, 0.0), now)
+        if num_tokens >= 32 and step_s > 0:
+            self._s_per_token = 0.8 * self._s_per_token + 0.2 * step_s / num_tokens if self._measured else \
+                step_s / num_tokens
+            self._measured = True
 
     def arrival_rate(self, model: str, now: float) -> float:
         """Recent arrivals of ``model`` per second (exponentially decayed)."""
@@ -325,14 +337,16 @@ class ResidencyManager:
 
     def _overdue(self, drain: set[str], target: str, sched: "Scheduler", now: float) -> bool:
         """``seallm``: every model in ``drain`` has drained longer than ``preempt_after`` x
-        (its predicted load time + the target's), is not protected by the requests it was
+        (its predicted load time + the target's + recomputing its running requests'
+        context at the measured seconds per token), is not protected by the requests it was
         loaded for, and runs no request an overdue drain preempted before (each request is
         preempted so at most once: every request makes progress)."""
         k = self.config.preempt_after
         if self.config.policy != "seallm" or k is None or not drain:
             return False
         for m in drain:
-            bound = k * (self.predicted_load_s(m) + self.predicted_load_s(target))
+            recompute = self._s_per_token * sum(r.num_computed_tokens for r in sched.running[m])
+            bound = k * (self.predicted_load_s(m) + self.predicted_load_s(target) + recompute)
             if now - self._drain_since.get(m, now) < bound or self._protected(m, sched):
                 return False
             if any(r.request_id in self._preempted for r in sched.running[m]):
