@@ -222,21 +222,21 @@ def test_a_model_just_loaded_serves_what_it_was_loaded_for_before_eviction():
 
 
 def test_an_overdue_drain_preempts_once_and_every_request_completes():
-    # a and b run long requests; c's request waits. seallm waits for the drain for 1x the two
-    # load times (1 ms each here), then evicts the drained model, preempting its request,
+    # a and b run long requests; c's short request, more urgent under the seallm scheduling
+    # policy, waits. seallm waits for the drain for what preempting costs, then evicts the drained model, preempting its request,
     # which completes after its model's reload; lru waits for the drain to end.
     out = {}
     for policy in ("seallm", "lru"):
-        rep, ex, clock = make(policy=policy)
+        rep, ex, clock = make(policy=policy, sched_policy="seallm", pages=512)
         d = Driver(rep, ex, clock)
-        rep.core.add_request(req("a1", "a", n_out=400))
-        rep.core.add_request(req("b1", "b", n_out=400, t=0.0))
-        d.step()
-        d.step()
+        rep.core.add_request(req("a1", "a", n_out=4000))
+        rep.core.add_request(req("b1", "b", n_out=4000, t=0.0))
+        while clock.now() < 2.5:  # past their first budgets: a fresh request is more urgent
+            d.step()
         rep.core.add_request(req("c1", "c", n_out=2, t=clock.now()))
         t_c = clock.now()
         d.run()
-        assert {r.num_output_tokens for r in d.finished.values()} == {400, 2}
+        assert {r.num_output_tokens for r in d.finished.values()} == {4000, 2}
         assert all(r.finish_reason is FinishReason.LENGTH for r in d.finished.values())
         preempted = [x for x in d.log if x[1] == "unloaded" and x[3] > 0]
         out[policy] = (d.finished["c1"].finish_time - t_c, len(preempted))
@@ -244,7 +244,24 @@ def test_an_overdue_drain_preempts_once_and_every_request_completes():
         assert rep.kv.pool.num_used == 0 and d.max_resident <= 2
     (seallm_wait, seallm_preempted), (lru_wait, lru_preempted) = out["seallm"], out["lru"]
     assert lru_preempted == 0 and seallm_preempted >= 1
-    assert seallm_wait < 0.1 * lru_wait  # c waited a few ms, not for a 400-token request
+    assert seallm_wait < 0.5 * lru_wait  # c did not wait for the rest of a long request
+
+
+def test_seallm_drains_only_for_more_urgent_work():
+    # FCFS keys: c's request is younger than everything a and b run, so seallm residency does
+    # not drain them for it (it loads c once a model is idle); lru drains at once.
+    for policy, drained in (("seallm", False), ("lru", True)):
+        rep, ex, clock = make(policy=policy, sched_policy="fcfs")
+        d = Driver(rep, ex, clock)
+        rep.core.add_request(req("a1", "a", n_out=50))
+        rep.core.add_request(req("b1", "b", n_out=50))
+        d.step()
+        d.step()
+        rep.core.add_request(req("c1", "c", n_out=2, t=clock.now()))
+        d.step()
+        assert bool(rep.core.residency._drained) is drained
+        d.run()
+        assert len(d.finished) == 3
 
 
 def test_busy_models_are_drained_so_a_held_request_is_not_starved():

@@ -10,7 +10,9 @@ models make room for it. Two policies (torch-free; the engine executes the decis
     key (the policy's ``priority_key``, the same order the scheduler serves in, so a load is
     ordered by the urgency of what waits for it); room comes from idle resident models (no
     running or waiting request), the one with the lowest recent arrival rate first (ties:
-    idle longest). When idle models do not make room, a busy one is drained, the least
+    idle longest). When idle models do not make room, a busy one whose every request is less
+    urgent than the held one is drained (switching costs batching, so only for more urgent
+    work; aging in the scheduling keys makes a held request urgent enough in time), the least
     requested first (ties: the one whose most urgent request is least urgent): its waiting
     requests stop starting, its running ones finish, then it is evicted (its held requests
     reload it later by the same rule). A drain that outlasts what preempting would cost
@@ -309,8 +311,12 @@ class ResidencyManager:
         busy = [m for m in staying if m not in chosen and m not in self.config.pinned
                 and not self._protected(m, sched)]
         if self.config.policy == "seallm":
-            # Least requested first, then the one whose most urgent request is least urgent.
-            keyed = [(self.arrival_rate(m, now), _Neg(self._most_urgent(m, sched, now)), m) for m in busy]
+            # Only models all of whose work is less urgent than the target's most urgent held
+            # request (switching costs batching: drain only for more urgent work); least
+            # requested first, then the one whose most urgent request is least urgent.
+            head = self._head_key(target, sched, now)
+            keyed = [(self.arrival_rate(m, now), _Neg(k), m) for m in busy
+                     if (k := self._most_urgent(m, sched, now)) is None or head is None or head < k]
             busy = [m for _, _, m in sorted(keyed)]
         else:
             busy.sort(key=lambda m: self.last_used.get(m, 0.0))
