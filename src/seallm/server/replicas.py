@@ -35,12 +35,10 @@ class ReplicaSet:
     def __init__(self, cfg: DeploymentConfig,
                  client_factory: Callable[[DeploymentConfig], EngineClient] = EngineClient) -> None:
         self.cfg = cfg
-        self.names: list[str] = []
-        self.clients: list[EngineClient] = []
-        for name, sub in cfg.replica_deployments():
-            self.names.append(name)
-            self.clients.append(client_factory(sub))
-        self.models_of = [frozenset(m.name for m in sub.models) for _, sub in cfg.replica_deployments()]
+        subs = cfg.replica_deployments()
+        self.names: list[str] = [name for name, _ in subs]
+        self.clients: list[EngineClient] = [client_factory(sub) for _, sub in subs]
+        self.models_of = [frozenset(m.name for m in sub.models) for _, sub in subs]
         self.router = Router(cfg.routing_policy)
         self.routed = [0] * len(self.clients)  # HTTP requests routed to each replica
 
@@ -146,7 +144,7 @@ class ReplicaSet:
         if i is not None:
             self.routed[i] += 1
             return self.clients[i]
-        owners = [c for c, ms in zip(self.clients, self.models_of) if model in ms]
+        owners = self.owners(model)
         if len(owners) == 1:
             raise owners[0]._unavailable()
         hints = [h for h in (c.retry_after() for c in owners) if h is not None]
@@ -160,6 +158,7 @@ class ReplicaSet:
             c.abort(request_ids, reason)
 
     def owners(self, model: str) -> list[EngineClient]:
+        """The clients of the replicas that list ``model``."""
         return [c for c, ms in zip(self.clients, self.models_of) if model in ms]
 
     async def load_model(self, model: str) -> None:
