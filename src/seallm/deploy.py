@@ -42,8 +42,6 @@ class SLOClass:
     e2e: float | None = None
 
 
-REPLICA_KEYS = ("name", "models", "device", "kv_cache_memory", "swap_space", "max_resident_models",
-                "weights_memory", "host_weight_cache", "threads")
 ROUTING_POLICIES = ("least_loaded", "round_robin")
 
 
@@ -72,6 +70,9 @@ class ReplicaEntry:
             raise ValueError(f"a replica needs a non-empty name, got {self.name!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"replica {self.name!r}: threads must be a positive integer, got {self.threads!r}")
+
+
+REPLICA_KEYS = tuple(f.name for f in fields(ReplicaEntry))  # name, models, then the per-replica overrides
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,10 @@ class DeploymentConfig:
             (in arrival order; the least recently used idle model leaves, as llama-swap and
             Ollama do).
         residency_preempt_after: ``seallm`` residency: a model drained to make room whose
-            running requests outlast this many times the predicted load times of it and of
-            the waiting model is evicted, its running requests preempted (recomputed after
-            its reload; each request at most once). null: always wait for the drain.
+            running requests outlast this many times what preempting them costs (the
+            predicted load times of it and of the waiting model, plus recomputing their
+            context) is evicted, its running requests preempted (recomputed after its
+            reload; each request at most once). null: always wait for the drain.
         threads: intra-op CPU threads of the engine process (None: PyTorch's default, every
             core); with several replicas on one CPU host, give each its share.
         replicas: the replicas behind the one endpoint (:class:`ReplicaEntry`; empty: one

@@ -57,8 +57,9 @@ class ReplicaSpec:
         weights_memory_bytes: device bytes for resident weights (None: no limit).
         residency_policy: ``"seallm"`` (load by urgency, evict the least requested idle
             model) or ``"lru"`` (load in arrival order, evict the least recently used).
-        residency_preempt_after: ``seallm``: a drain lasting this many times the two models'
-            predicted load times ends by preempting (None: always wait for the drain).
+        residency_preempt_after: ``seallm``: a drain lasting this many times what preempting
+            costs (both models' predicted load times plus recomputing the running context)
+            ends by preempting (None: always wait for the drain).
 
     Raises:
         ValueError: no models, duplicate names, a non-positive size, or an unknown policy.

@@ -25,7 +25,7 @@ models make room for it. Two policies (torch-free; the engine executes the decis
     recently used one whatever waits for it.
 
 Both: one load at a time; pinned models are never evicted; a model just loaded is not
-evicted before every request that was held for it has started (no thrash); under ``lru``
+evicted before every request that was held for it has run on it (no thrash); under ``lru``
 a model with running requests is never evicted, under ``seallm`` only by an overdue drain
 (a forced unload through the API aborts them instead).
 """
@@ -177,8 +177,7 @@ class ResidencyManager:
         self._rate_t: dict[str, float] = {m: 0.0 for m in self.weights_bytes}
         self._load_s: dict[str, float] = {}
         self._loaded_for: dict[str, set[str]] = {}
-        self._drained: set[str] = set()  # drained by this manager to make room
-        self._drain_since: dict[str, float] = {}  # when each drained model started draining (s)
+        self._drained: dict[str, float] = {}  # drained by this manager to make room -> since when (s)
         self._preempted: set[str] = set()  # ids of requests an overdue drain preempted (once each)
         self._s_per_token = config.default_prefill_s_per_token  # recompute cost estimate (s/token)
         self._measured = False
@@ -238,8 +237,7 @@ class ResidencyManager:
 
     def on_unloaded(self, model: str) -> None:
         self.resident.discard(model)
-        self._drained.discard(model)
-        self._drain_since.pop(model, None)
+        self._drained.pop(model, None)
         self._unloads.pop(model, None)
         self._loaded_for.pop(model, None)
         self.num_evictions += 1
@@ -328,10 +326,9 @@ class ResidencyManager:
         if not self._fits(staying - set(chosen) - drain, target):
             drain = set()  # cannot make room now: drain nobody, wait for work to finish
         self._undrain(sched, keep=drain)
-        for m in drain - self._drained:
+        for m in drain - self._drained.keys():
             sched.set_admission(m, ())
-            self._drain_since[m] = now
-        self._drained |= drain
+            self._drained[m] = now
         preempt = self._overdue(drain, target, sched, now)
         if preempt and self._fits(staying - set(chosen) - drain, target):
             # Every drained model is overdue: evict them now, preempting their running requests.
@@ -353,7 +350,7 @@ class ResidencyManager:
         for m in drain:
             recompute = self._s_per_token * sum(r.num_computed_tokens for r in sched.running[m])
             bound = k * (self.predicted_load_s(m) + self.predicted_load_s(target) + recompute)
-            if now - self._drain_since.get(m, now) < bound or self._protected(m, sched):
+            if now - self._drained.get(m, now) < bound or self._protected(m, sched):
                 return False
             if any(r.request_id in self._preempted for r in sched.running[m]):
                 return False
@@ -409,10 +406,7 @@ class ResidencyManager:
         return True
 
     def _undrain(self, sched: "Scheduler", keep: set[str]) -> None:
-        for m in self._drained - keep:
+        for m in self._drained.keys() - keep:
             if m not in self._unloads:
                 sched.set_admission(m, None)
-        self._drained &= keep
-        for m in list(self._drain_since):
-            if m not in self._drained:
-                del self._drain_since[m]
+        self._drained = {m: t for m, t in self._drained.items() if m in keep}

@@ -21,6 +21,11 @@ from seallm.server.engine_client import FAILED, OK, RESTARTING, STOPPED, EngineC
 logger = logging.getLogger("seallm.server")
 
 
+def _status(c: EngineClient) -> str:
+    """A client's status, "restarting" while it says "ok" but its process is gone."""
+    return c.status if c.alive or c.status != OK else RESTARTING
+
+
 class ReplicaSet:
     """Every replica of a deployment behind one endpoint.
 
@@ -84,7 +89,7 @@ class ReplicaSet:
     def status(self) -> str:
         """"ok" when every replica serves; else the worst of the others ("failed" over
         "restarting"), "stopped" once shut down."""
-        st = {c.status if c.alive or c.status != OK else RESTARTING for c in self.clients}
+        st = {_status(c) for c in self.clients}
         for s in (STOPPED, FAILED, RESTARTING):
             if s in st:
                 return s
@@ -103,7 +108,7 @@ class ReplicaSet:
     def describe(self) -> list[dict]:
         """Per replica: name, status, restarts, models, engine pid, sequences in flight,
         HTTP requests routed to it so far, and the last engine exit."""
-        return [{"name": n, "status": c.status if c.alive or c.status != OK else RESTARTING,
+        return [{"name": n, "status": _status(c),
                  "restarts": c.restarts, "models": sorted(ms), "pid": c.pid, "in_flight": c.num_in_flight,
                  "requests_routed": k, "last_engine_exit": c.last_death}
                 for n, c, ms, k in zip(self.names, self.clients, self.models_of, self.routed)]
@@ -127,9 +132,9 @@ class ReplicaSet:
 
     def views(self) -> list[ReplicaView]:
         out = []
-        for c, ms in zip(self.clients, self.models_of):
+        for n, c, ms in zip(self.names, self.clients, self.models_of):
             st = c.state
-            out.append(ReplicaView("", ms, frozenset(m for m, r in st.resident.items() if r), c.alive,
+            out.append(ReplicaView(n, ms, frozenset(m for m, r in st.resident.items() if r), c.alive,
                                    c.num_in_flight))
         return out
 

@@ -106,7 +106,7 @@ def simulate_device(
                        max_resident_models=max_resident_models, weights_memory_bytes=weights_memory_bytes,
                        residency_policy=residency_policy, residency_preempt_after=residency_preempt_after)
     replica = simulated_replica(spec, {m.name: m.cost_model for m in models}, {m.name: m for m in models},
-                                {m.name: m.weights_bytes for m in models}, policy=policy,
+                                policy=policy,
                                 swap_bandwidth=swap_bandwidth, disk_bandwidth=disk_bandwidth,
                                 host_cache_bandwidth=host_cache_bandwidth)
     core = replica.core

@@ -48,13 +48,16 @@ def simulated_replica(spec: ReplicaSpec, cost_models: Mapping, configs: Mapping[
     cost-model executor (``cost_models``: model -> ``CostModel``), on a fresh clock at
     ``start_s`` (s).
 
-    ``configs``: per model, the limits the request constructor checks. ``policy``: a ready
+    ``configs``: per model, the limits the request constructor checks. ``weights_bytes``:
+    per model, bytes a simulated load moves (default: the spec's). ``policy``: a ready
     policy object instead of the spec's named one. Bandwidths in bytes/s: KV swap copies,
     cold loads (checkpoint read) and reloads from the host weight cache
     (:class:`CostModelExecutor`). ``admission``: ``max_waiting_requests``,
     ``max_waiting_tokens``, ``max_queue_delay_s`` as in the server.
     """
     clock = ManualClock(start_s)
+    if weights_bytes is None:
+        weights_bytes = {m.name: m.weights_bytes for m in spec.models}
     rep = build_replica(spec, lambda layout: CostModelExecutor(
         cost_models, clock, layout.page_size_bytes, swap_bandwidth, weights_bytes=weights_bytes,
         disk_bandwidth=disk_bandwidth, host_cache_bandwidth=host_cache_bandwidth), clock, policy=policy)
