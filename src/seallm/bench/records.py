@@ -22,6 +22,7 @@ class RequestRecord:
     prompt length sent and the number of streamed token chunks.
     ``token_times_s``: receive time of every streamed token chunk (s).
     ``error``: None on success, else a short description (HTTP status, exception, timeout).
+    ``admission``: an SLO planner's verdict, "guaranteed" or "best_effort" (None: none).
     """
 
     index: int
@@ -37,6 +38,7 @@ class RequestRecord:
     token_times_s: tuple[float, ...] = ()
     finish_reason: str | None = None
     error: str | None = None
+    admission: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Union
 
 import numpy as np
 
+from seallm.core import SLO
 from seallm.bench.traces import load_azure_trace, load_length_distribution
 
 __all__ = [
@@ -48,12 +49,14 @@ class BenchRequest:
 
     ``arrival_s``: scheduled send time, seconds after the replay starts.
     ``input_len``: prompt tokens (exact). ``output_len``: tokens to generate (``max_tokens``).
+    ``slo``: per-stage latency targets sent with it (None: the deployment's default).
     """
 
     model: str
     arrival_s: float
     input_len: int
     output_len: int
+    slo: SLO | None = None
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,51 @@ from seallm.core.sampling_params import SamplingParams
 
 @dataclass(frozen=True)
 class SLO:
-    """Latency targets of one request, seconds (None = no target).
+    """Latency targets of one request (None = no target).
+
+    Per-stage SLOs as in SLOs-Serve (arXiv 2504.08784; ``shared/reference/slo-scheduling.md``
+    §1.2): the first token is due ``ttft`` seconds after arrival, or ``ttft_slowdown`` times
+    the predicted zero-load prefill time of the prompt (whichever is given; the scheduler
+    resolves a slowdown with its performance model); token ``n`` after the first is due
+    ``sum of the per-token targets`` after the first token's deadline (the cumulative rule of
+    :func:`seallm.sched.slo.token_offset_s`), with ``tpot_thinking`` for the first
+    ``thinking_tokens`` output tokens (a reasoning model's thinking stage) and ``tpot`` after.
 
     Attributes:
-        ttft: time to first token. tpot: time per output token after the first.
-        e2e: end-to-end latency.
+        ttft: time to first token, s. ttft_slowdown: TTFT as a multiple (>= 1) of the
+            zero-load prefill time. tpot: time per output token after the first, s.
+        tpot_thinking: per-token target of the thinking stage, s (None: ``tpot``).
+        thinking_tokens: output tokens of the thinking stage (0: none).
+        e2e: end-to-end latency, s.
+
+    Raises:
+        ValueError: a non-positive or non-finite target, both ``ttft`` and
+            ``ttft_slowdown``, a slowdown below 1, or a negative ``thinking_tokens``.
     """
 
     ttft: float | None = None
     tpot: float | None = None
     e2e: float | None = None
+    ttft_slowdown: float | None = None
+    tpot_thinking: float | None = None
+    thinking_tokens: int = 0
 
     def __post_init__(self) -> None:
-        for k in ("ttft", "tpot", "e2e"):
+        for k in ("ttft", "tpot", "e2e", "ttft_slowdown", "tpot_thinking"):
             v = getattr(self, k)
             if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise ValueError(f"slo.{k} must be a positive number of seconds, got {v}")
+        if self.ttft is not None and self.ttft_slowdown is not None:
+            raise ValueError("give slo.ttft or slo.ttft_slowdown, not both")
+        if self.ttft_slowdown is not None and self.ttft_slowdown < 1:
+            raise ValueError(f"slo.ttft_slowdown must be >= 1, got {self.ttft_slowdown}")
+        if not isinstance(self.thinking_tokens, int) or self.thinking_tokens < 0:
+            raise ValueError(f"slo.thinking_tokens must be an integer >= 0, got {self.thinking_tokens}")
+
+    @property
+    def has_stage_targets(self) -> bool:
+        """Whether a TTFT or TPOT target is set (what an SLO planner plans for)."""
+        return self.ttft is not None or self.ttft_slowdown is not None or self.tpot is not None
 
 
 class RequestStatus(enum.Enum):
@@ -67,6 +96,12 @@ class Request:
         num_computed_tokens: tokens whose KV is in the cache (reset to 0 on preemption).
         error: why the request failed, when its processing failed in the engine (it is then
             finished with ``abort`` alone; other requests of its batch go on).
+        error_status: the HTTP status that ``error`` maps to (500: the engine failed; 429: an
+            SLO planner refused it with ``admission: reject``).
+        admission: what an SLO planner decided (``"guaranteed"`` or ``"best_effort"``; None:
+            no planner, or not decided yet).
+        admission_mode: what to do if the planner cannot guarantee it (``"best_effort"`` or
+            ``"reject"``; None: the policy's default); a router trying replicas in turn sets it.
     """
 
     request_id: str
@@ -88,6 +123,9 @@ class Request:
     finish_time: float | None = None
     num_preemptions: int = 0
     error: str | None = None
+    error_status: int = 500
+    admission: str | None = None
+    admission_mode: str | None = None
     # Log-probabilities, one entry per output token when params.logprobs is set:
     # (sampled token logprob, ((token_id, logprob), ...) top alternatives).
     output_logprobs: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)

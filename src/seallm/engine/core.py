@@ -182,6 +182,7 @@ class ReplicaCore:
         """
         done = self._manage_residency()
         plan = self.plan()
+        done += self.scheduler.take_failed()
         self.idle = plan is None
         if plan is None:
             return done

@@ -63,6 +63,9 @@ class EngineLoop:
         self._last_stats = 0.0
         self._waiting_tokens: dict[str, int] = {}  # per model, valid for one inbox drain
         self._ops: list[LoadModel | UnloadModel] = []  # load/unload operations not finished yet
+        # Requests whose acknowledgement waits for an SLO planner's verdict (admission_mode
+        # "reject": the front end must learn "refused" before it answers, to try elsewhere).
+        self._unacked: set[str] = set()
 
     def ready_message(self) -> Ready:
         """The ``Ready`` announcement: every model of the replica, resident or not."""
@@ -110,6 +113,7 @@ class EngineLoop:
             except Exception:  # a scheduler bug: the queues cannot be trusted any more
                 logger.error("engine step failed:\n%s", traceback.format_exc())
                 updated = self._abort_all()
+            deltas = self._verdicts(updated)
             for r in updated:
                 deltas.append(self._delta(r))
             step_time = time.perf_counter() - t0
@@ -123,6 +127,22 @@ class EngineLoop:
                 self._last_stats = now
             self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time, events, replies))
         return True
+
+    def _verdicts(self, updated: list[Request]) -> list[Delta]:
+        """Late acknowledgements: the requests waiting for an SLO planner's verdict that got
+        one (admitted, or best effort); a refused one's error delta is its verdict."""
+        if not self._unacked:
+            return []
+        out = []
+        finished = {r.request_id for r in updated if r.is_finished}
+        for rid in list(self._unacked):
+            r = self.sched.requests.get(rid)
+            if r is None or rid in finished:
+                self._unacked.discard(rid)
+            elif r.admission is not None:
+                self._unacked.discard(rid)
+                out.append(Delta(rid, []))
+        return out
 
     def _finished_ops(self, events) -> list[ControlReply]:
         """Replies for the load/unload operations that are done (or failed) now."""
@@ -174,7 +194,7 @@ class EngineLoop:
                 if cfg is None:
                     raise ValueError(f"model {msg.model!r} is not served here")
                 r = new_request(msg.request_id, msg.model, cfg, msg.prompt_token_ids, msg.params,
-                                msg.arrival_time, msg.priority, msg.slo)
+                                msg.arrival_time, msg.priority, msg.slo, msg.admission_mode)
                 if r.request_id in self.sched.requests:
                     raise ValueError(f"request id {r.request_id!r} is already queued")
                 why = self._admission_error(msg.model, r.num_prompt_tokens)
@@ -185,7 +205,10 @@ class EngineLoop:
                 if msg.model in self._waiting_tokens:
                     self._waiting_tokens[msg.model] += r.num_prompt_tokens
                 self.sent[r.request_id] = 0
-                acks.append(Delta(msg.request_id, []))
+                if self.sched.policy.defers_admission(r):
+                    self._unacked.add(r.request_id)
+                else:
+                    acks.append(Delta(msg.request_id, []))
             except ValueError as e:
                 acks.append(Delta(msg.request_id, [], finish_reason="abort", error=str(e)))
             except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
@@ -213,6 +236,7 @@ class EngineLoop:
             for rid in msg.request_ids:
                 r = self.core.abort_request(rid, reason)
                 self.sent.pop(rid, None)
+                self._unacked.discard(rid)
                 if r is not None:
                     logger.debug("aborted %s (%s)", rid, reason)
 
@@ -228,8 +252,9 @@ class EngineLoop:
             d.stop_reason = r.stop_reason
             d.first_scheduled_time = r.first_scheduled_time
             d.num_preemptions = r.num_preemptions
+            d.admission = r.admission
             if r.error is not None:
-                d.error, d.error_status = r.error, 500
+                d.error, d.error_status = r.error, r.error_status
         else:
             self.sent[r.request_id] = r.num_output_tokens
         return d

@@ -22,6 +22,7 @@ class AddRequest(msgspec.Struct, tag="add", array_like=True):
     arrival_time: float
     priority: int = 0
     slo: SLO | None = None
+    admission_mode: str | None = None  # "reject": refuse (429) if an SLO planner cannot guarantee it
 
 
 class AbortRequests(msgspec.Struct, tag="abort", array_like=True):
@@ -63,9 +64,11 @@ class Delta(msgspec.Struct, array_like=True, omit_defaults=True):
     ``logprobs`` holds one ``(logprob, [(token_id, logprob), ...])`` per new token when asked.
     ``error`` is set when the request failed (then ``finish_reason`` is "abort"), with the
     HTTP status the front end answers in ``error_status``: 400 for a request the engine
-    rejected, 429 for a full waiting queue (admission control), 500 for a request whose
-    processing failed in the engine (it fails alone), 503 when the engine process died.
-    Times are engine ``time.time()`` seconds, sent with the final delta.
+    rejected, 429 for a full waiting queue or a request an SLO planner refused (admission
+    control), 500 for a request whose processing failed in the engine (it fails alone), 503
+    when the engine process died. Times are engine ``time.time()`` seconds, sent with the
+    final delta, as is ``admission`` ("guaranteed" or "best_effort", when an SLO planner
+    decided).
     """
 
     request_id: str
@@ -77,6 +80,7 @@ class Delta(msgspec.Struct, array_like=True, omit_defaults=True):
     first_scheduled_time: float | None = None
     num_preemptions: int = 0
     error_status: int = 400
+    admission: str | None = None
 
 
 class ModelStats(msgspec.Struct, array_like=True):

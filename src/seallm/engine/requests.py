@@ -46,9 +46,20 @@ def check_prompt(model: str, prompt_token_ids: Sequence[int], limits: ModelLimit
 
 
 def new_request(request_id: str, model: str, limits: ModelLimits, prompt_token_ids: Sequence[int],
-                params: SamplingParams, arrival_time: float, priority: int = 0, slo: SLO | None = None) -> Request:
+                params: SamplingParams, arrival_time: float, priority: int = 0, slo: SLO | None = None,
+                admission_mode: str | None = None) -> Request:
     """A validated ``Request`` for ``model`` (see :func:`check_prompt` for the errors raised;
-    ``params`` and ``slo`` validate themselves)."""
+    ``params`` and ``slo`` validate themselves).
+
+    ``admission_mode``: "best_effort", "reject" or None (the policy's default) for a request
+    an SLO planner cannot guarantee.
+
+    Raises:
+        ValueError: also for an unknown ``admission_mode``.
+    """
     ids = check_prompt(model, prompt_token_ids, limits)
+    if admission_mode not in (None, "best_effort", "reject"):
+        raise ValueError(f"admission_mode must be 'best_effort' or 'reject', got {admission_mode!r}")
     return Request(request_id, model, ids, params, arrival_time, priority=int(priority), slo=slo,
-                   eos_token_ids=frozenset(limits.eos_token_ids), max_model_len=limits.max_model_len)
+                   eos_token_ids=frozenset(limits.eos_token_ids), max_model_len=limits.max_model_len,
+                   admission_mode=admission_mode)

@@ -1,18 +1,58 @@
 """The interface a scheduling policy implements.
 
 The :class:`~seallm.sched.scheduler.Scheduler` owns the mechanics (queues, KV pages,
-chunking, preemption); a policy only answers three questions: which model runs the next
-iteration, how urgent each request is, and what to learn from a finished step. The SeaLLM
-doubling-budget policy plugs in here without engine changes.
+chunking, preemption); a policy answers four questions: which model runs the next
+iteration, how urgent each request is, how many tokens each request gets in it
+(:meth:`SchedulingPolicy.allocate`), and what to learn from a finished step. The SeaLLM
+doubling-budget policy and the SLOs-Serve planner plug in here without engine changes.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from seallm.core import Request, StepPlan, StepResult
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What one iteration may hold, as the scheduler sees it when a policy allocates.
+
+    Attributes:
+        token_budget: the configured most tokens per iteration (``max_num_batched_tokens``).
+        max_num_seqs: most sequences per iteration.
+        free_pages: free device KV pages of the unified pool now.
+        pages_of: request id -> device pages it holds.
+        pages_for: (model, tokens) -> pages that many tokens of the model take.
+    """
+
+    token_budget: int
+    max_num_seqs: int
+    free_pages: int
+    pages_of: Callable[[str], int]
+    pages_for: Callable[[str, int], int]
+
+
+@dataclass(frozen=True)
+class BatchAllocation:
+    """A policy's allocation of one iteration of one model.
+
+    Attributes:
+        order: the requests that may join the batch, most urgent first (the scheduler
+            takes them in this order, running ones before waiting ones, while the budget,
+            the sequence limit and the KV pages allow); a candidate left out gets nothing.
+        token_budget: most tokens in the iteration (capped by ``max_num_batched_tokens``).
+        max_tokens: request id -> most tokens it gets in this iteration (a prefill chunk);
+            absent ids (or None): as many as fit.
+    """
+
+    order: tuple["Request", ...]
+    token_budget: int
+    max_tokens: Mapping[str, int] | None = None
 
 
 class SchedulingPolicy(ABC):
@@ -37,6 +77,30 @@ class SchedulingPolicy(ABC):
     def priority_key(self, request: "Request", now: float) -> Any:
         """Sortable urgency of ``request``; lower runs first and is preempted last."""
 
+    def allocate(self, model: str, candidates: list["Request"], now: float,
+                 limits: BatchLimits) -> BatchAllocation:
+        """How the next iteration of ``model`` is filled: which of ``candidates`` (its
+        running requests with tokens to compute, then its waiting ones that may start) join,
+        in which order, with how many tokens each. Default: every candidate by
+        :meth:`priority_key`, as many tokens as fit in ``limits.token_budget``."""
+        return BatchAllocation(tuple(sorted(candidates, key=lambda r: self.priority_key(r, now))),
+                               limits.token_budget)
+
+    def evicts_for(self, request: "Request") -> bool:
+        """Whether a waiting ``request`` that cannot get KV pages may preempt running
+        requests with a larger :meth:`priority_key` (recompute) to take theirs. Default: no."""
+        return False
+
+    def defers_admission(self, request: "Request") -> bool:
+        """Whether ``request`` is acknowledged only once the policy decided on it (it may be
+        refused with 429 rather than served best effort). Default: no."""
+        return False
+
+    def take_refused(self) -> list[tuple["Request", str]]:
+        """Requests the policy refuses (with why), to be finished with HTTP 429 at the next
+        iteration boundary; drained by the scheduler. Default: none."""
+        return []
+
     def on_arrival(self, request: "Request", now: float) -> None:
         """A request was queued. Default: nothing."""
 
@@ -51,11 +115,18 @@ class SchedulingPolicy(ABC):
         """Forget per-request state. Default: nothing."""
 
 
+POLICIES = ("fcfs", "seallm", "slos-serve", "sarathi")
+
+
 def make_policy(name: str, options: dict | None = None) -> SchedulingPolicy:
-    """Policy by name: ``"fcfs"`` (vLLM-like baseline) or ``"seallm"`` (doubling budget).
+    """Policy by name: ``"fcfs"`` (vLLM-like baseline), ``"seallm"`` (doubling budget),
+    ``"slos-serve"`` (SLO planner with soft admission) or ``"sarathi"`` (chunked prefill
+    with a token budget sized to the tightest TPOT).
 
     ``options`` are the policy's knobs (for ``seallm``: the fields of
-    :class:`~seallm.sched.seallm.SeaLLMConfig`; ``seeds`` maps model -> ProfileSeed fields).
+    :class:`~seallm.sched.seallm.SeaLLMConfig`; ``seeds`` maps model -> ProfileSeed fields;
+    for ``slos-serve`` and ``sarathi``: the fields of
+    :class:`~seallm.sched.slos_serve.SLOsServeConfig`).
 
     Raises:
         ValueError: an unknown name (listing the known ones) or an unknown / invalid option.
@@ -77,4 +148,12 @@ def make_policy(name: str, options: dict | None = None) -> SchedulingPolicy:
             return SeaLLMPolicy(SeaLLMConfig(seeds=seeds, **options))
         except TypeError as e:
             raise ValueError(f"invalid option for policy 'seallm': {e}") from None
-    raise ValueError(f"unknown scheduling policy {name!r}; known: ['fcfs', 'seallm']")
+    if name in ("slos-serve", "sarathi"):
+        from seallm.sched.slos_serve import SarathiPolicy, SLOsServeConfig, SLOsServePolicy
+
+        try:
+            config = SLOsServeConfig.from_options(options)
+        except TypeError as e:
+            raise ValueError(f"invalid option for policy {name!r}: {e}") from None
+        return SLOsServePolicy(config) if name == "slos-serve" else SarathiPolicy(config)
+    raise ValueError(f"unknown scheduling policy {name!r}; known: {list(POLICIES)}")

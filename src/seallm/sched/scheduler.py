@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from seallm.core import FinishReason, PageCopy, Request, RequestStatus, SeqChunk, StepPlan, StepResult
 from seallm.kv import KVCacheManager, KVSpec
 from seallm.sched.config import SchedulerConfig
-from seallm.sched.policy import SchedulingPolicy
+from seallm.sched.policy import BatchAllocation, BatchLimits, SchedulingPolicy
 
 
 class Scheduler:
@@ -59,6 +59,7 @@ class Scheduler:
         # Preemptive policies: requests that got device pages (admitted, re-admitted or
         # swapped in) and have not sampled a token since; they are never victims.
         self._protected: set[str] = set()
+        self._failed: list[Request] = []  # refused by the policy, not yet reported
 
     # ---- requests ------------------------------------------------------------------------
     def add_model(self, model: str, spec: KVSpec | None = None) -> None:
@@ -190,39 +191,66 @@ class Scheduler:
         return sum(len(q) for q in self.running.values())
 
     # ---- one iteration ---------------------------------------------------------------------
+    def take_failed(self) -> list[Request]:
+        """Requests finished with an error at the last :meth:`schedule` (the policy refused
+        them: ``error`` set, ``error_status`` 429), to be reported once."""
+        out, self._failed = self._failed, []
+        return out
+
+    def limits(self) -> BatchLimits:
+        """What an iteration may hold now (:meth:`SchedulingPolicy.allocate` reads it)."""
+        cfg = self.config
+        return BatchLimits(cfg.max_num_batched_tokens, cfg.max_num_seqs, self.kv.pool.num_free,
+                           self.kv.num_pages_of, self.kv.pages_needed)
+
     def schedule(self, now: float) -> StepPlan | None:
-        """Plan the next iteration, or None when no model has runnable work."""
+        """Plan the next iteration, or None when no model has runnable work. Requests the
+        policy refuses are finished first (:meth:`take_failed`)."""
+        for r, why in self.policy.take_refused():
+            if not r.is_finished and self.requests.get(r.request_id) is r:
+                self._finish(r, FinishReason.ABORT, now)
+                r.error, r.error_status = why, 429
+                self._failed.append(r)
         runnable = {}
         for m in self.kv.models:
             rs = [r for r in self.running[m] if r.num_uncomputed_tokens] + self.admissible(m)
             if rs:
                 runnable[m] = rs
+        limits = self.limits()
         for model in self.policy.model_order(runnable, now):
+            alloc = self.policy.allocate(model, runnable[model], now, limits)
             if self.policy.preemptive:
-                seqs = self._schedule_model_preemptive(model, now)
+                seqs = self._schedule_model_preemptive(model, alloc, now)
             else:
-                seqs = self._schedule_model(model, now)
+                seqs = self._schedule_model(model, alloc, now)
             if seqs:
                 finished, self._finished_ids = tuple(self._finished_ids), []
                 swaps, self._swaps = tuple(self._swaps), []
                 return StepPlan(model=model, seqs=tuple(seqs), finished_ids=finished, swaps=swaps)
         return None
 
-    def _schedule_model(self, model: str, now: float) -> list[SeqChunk]:
+    @staticmethod
+    def _cap(alloc: BatchAllocation, r: Request, budget: int) -> int:
+        """Tokens ``r`` gets now: what it has left, within the budget and its allocation."""
+        n = min(r.num_uncomputed_tokens, budget)
+        if alloc.max_tokens is not None:
+            n = min(n, alloc.max_tokens.get(r.request_id, n))
+        return max(n, 0)
+
+    def _schedule_model(self, model: str, alloc: BatchAllocation, now: float) -> list[SeqChunk]:
         cfg = self.config
-        key = self.policy.priority_key
-        budget = cfg.max_num_batched_tokens
+        budget = min(cfg.max_num_batched_tokens, alloc.token_budget)
         seqs: list[SeqChunk] = []
         scheduled: set[str] = set()
         preempted = False
 
-        running = sorted(self.running[model], key=lambda r: key(r, now))
+        running = [r for r in alloc.order if r.status is RequestStatus.RUNNING]
         for r in running:
             if budget == 0 or len(seqs) >= cfg.max_num_seqs:
                 break
             if r.status is not RequestStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            n = min(r.num_uncomputed_tokens, budget)
+            n = self._cap(alloc, r, budget)
             if n == 0:
                 continue
             while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
@@ -237,22 +265,56 @@ class Scheduler:
             scheduled.add(r.request_id)
             budget -= n
 
-        waiting = self.admissible(model)
+        waiting = [r for r in alloc.order if r.status is not RequestStatus.RUNNING]
         if not preempted and waiting:
-            order = sorted(waiting, key=lambda r: key(r, now))
             admitted = []
-            for r in order:
+            for r in waiting:
                 if budget == 0 or len(seqs) >= cfg.max_num_seqs:
                     break
-                n = min(r.num_uncomputed_tokens, budget)
+                n = self._cap(alloc, r, budget)
+                if n == 0:
+                    continue
                 if not self._take_pages(r, r.num_computed_tokens + n):
-                    break  # no overtaking: a later request must not take the head's pages
+                    if not (self.policy.evicts_for(r) and self._evict_for(r, r.num_computed_tokens + n, seqs,
+                                                                          scheduled, now)):
+                        break  # no overtaking: a later request must not take the head's pages
+                    budget = min(cfg.max_num_batched_tokens, alloc.token_budget) - sum(c.num_tokens for c in seqs)
+                    n = self._cap(alloc, r, budget)
+                    if n == 0 or not self._take_pages(r, r.num_computed_tokens + n):
+                        break
                 self._admit(r, now)
                 admitted.append(r)
                 seqs.append(self._chunk(r, n))
                 budget -= n
             self._remove_waiting(model, admitted)
         return seqs
+
+    def _evict_for(self, r: Request, num_tokens: int, seqs: list[SeqChunk], scheduled: set[str],
+                   now: float) -> bool:
+        """Preempt running requests (any model) with a larger priority key than waiting
+        ``r``, largest first, until ``r`` could hold ``num_tokens`` tokens in free pages; a
+        victim already placed in this batch gives its place back. False (nobody evicted)
+        when even all of them would not make room."""
+        key = self.policy.priority_key
+        rk = key(r, now)
+        need = self._pages_to_admit(r, num_tokens)
+        cands = sorted((v for q in self.running.values() for v in q if key(v, now) > rk),
+                       key=lambda v: key(v, now), reverse=True)
+        victims, gain = [], 0
+        for v in cands:
+            if self.kv.pool.num_free + gain >= need:
+                break
+            victims.append(v)
+            gain += self.kv.num_pages_of(v.request_id)
+        if self.kv.pool.num_free + gain < need:
+            return False
+        for v in victims:
+            if v.request_id in scheduled:
+                i = next(i for i, c in enumerate(seqs) if c.request_id == v.request_id)
+                seqs.pop(i)
+                scheduled.discard(v.request_id)
+            self._preempt(v)
+        return True
 
     def _take_pages(self, r: Request, num_tokens: int) -> bool:
         """Pages for a waiting request to cover ``num_tokens`` tokens: swapped-out ones come
@@ -307,7 +369,7 @@ class Scheduler:
             gone = {id(r) for r in admitted}
             self.waiting[model] = deque(r for r in self.waiting[model] if id(r) not in gone)
 
-    def _schedule_model_preemptive(self, model: str, now: float) -> list[SeqChunk]:
+    def _schedule_model_preemptive(self, model: str, alloc: BatchAllocation, now: float) -> list[SeqChunk]:
         """Priority scheduling over running and waiting requests together (SeaLLM §2.3 rule 4).
 
         The ``max_num_seqs`` most urgent requests are eligible (a lower-priority running
@@ -336,12 +398,11 @@ class Scheduler:
         """
         cfg = self.config
         key = self.policy.priority_key
-        budget = cfg.max_num_batched_tokens
+        budget = min(cfg.max_num_batched_tokens, alloc.token_budget)
         seqs: list[SeqChunk] = []
         scheduled: set[str] = set()
         preempted_now: set[str] = set()
-        cands = [r for r in self.running[model] if r.num_uncomputed_tokens] + self.admissible(model)
-        cands.sort(key=lambda r: key(r, now))
+        cands = list(alloc.order)
         eligible = cands[: cfg.max_num_seqs]
         decodes = [r for r in eligible if r.status is RequestStatus.RUNNING and r.num_uncomputed_tokens == 1]
         prefills = [r for r in eligible if not (r.status is RequestStatus.RUNNING and r.num_uncomputed_tokens == 1)]
@@ -356,7 +417,9 @@ class Scheduler:
                 break
             if r.request_id in preempted_now:
                 continue
-            n = min(r.num_uncomputed_tokens, budget)
+            n = self._cap(alloc, r, budget)
+            if n == 0:
+                continue
             rk = key(r, now)
             running = r.status is RequestStatus.RUNNING
             if not running:

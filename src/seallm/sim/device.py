@@ -114,7 +114,7 @@ def simulate_device(
 
     order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
     token_times: dict[str, list[float]] = {}
-    finish: dict[str, tuple[float, str]] = {}
+    finish: dict[str, tuple[float, str, str | None]] = {}
     refused: dict[str, str] = {}
     nxt = 0
     while nxt < len(order) or replica.has_work():
@@ -127,7 +127,7 @@ def simulate_device(
             rid = str(i)
             replica.submit(AddRequest(rid, b.model, [5] * b.input_len,
                                       SamplingParams(max_tokens=b.output_len, ignore_eos=True, temperature=0.0),
-                                      b.arrival_s))
+                                      b.arrival_s, slo=b.slo))
             token_times[rid] = []
             nxt += 1
         replica.step()
@@ -140,7 +140,7 @@ def simulate_device(
                 if d.token_ids:
                     token_times[d.request_id].extend([t] * len(d.token_ids))
                 if d.finish_reason is not None:
-                    finish[d.request_id] = (t, d.finish_reason)
+                    finish[d.request_id] = (t, d.finish_reason, d.admission)
         if core.num_steps > max_steps:
             raise ValueError(f"simulation exceeded {max_steps} iterations")
         if t == now:  # nothing ran: jump to the next arrival or finished load
@@ -160,11 +160,11 @@ def simulate_device(
                                       scheduled_s=b.arrival_s, sent_s=b.arrival_s, error=refused[rid]))
             continue
         times = token_times.get(rid, [])
-        end, reason = finish[rid]
+        end, reason, admission = finish[rid]
         recs.append(RequestRecord(index=i, model=b.model, input_len=b.input_len, output_len=b.output_len,
                                   scheduled_s=b.arrival_s, sent_s=b.arrival_s, first_token_s=times[0],
                                   finish_s=end, tokens_in=b.input_len, tokens_out=len(times),
-                                  token_times_s=tuple(times), finish_reason=reason))
+                                  token_times_s=tuple(times), finish_reason=reason, admission=admission))
     sched = core.scheduler
     return DeviceResult(tuple(recs), core.num_steps, core.executor.busy_s, sched.num_preemptions, replica.now,
                         sched.num_swap_outs, num_loads=core.executor.num_loads)
