@@ -255,6 +255,15 @@ class Scheduler:
                 continue
             while not self.kv.allocate(r.request_id, model, r.num_computed_tokens + n):
                 victim = self._pick_victim(scheduled, now)
+                placed = self._pick_victim(set(), now, among=scheduled)
+                key = self.policy.priority_key
+                if placed is not None and key(placed, now) > key(r, now) and (
+                        victim is r or key(placed, now) > key(victim, now)):
+                    # a lower-priority request already placed in this batch gives its place back
+                    i = next(i for i, c in enumerate(seqs) if c.request_id == placed.request_id)
+                    budget += seqs.pop(i).num_tokens
+                    scheduled.discard(placed.request_id)
+                    victim = placed
                 self._preempt(victim)
                 preempted = True
                 if victim is r:
@@ -503,12 +512,15 @@ class Scheduler:
         limit = self.config.preemption_limit
         return limit is not None and r.num_preemptions >= limit
 
-    def _pick_victim(self, exclude: set[str], now: float, spare_spent: bool = False) -> Request | None:
+    def _pick_victim(self, exclude: set[str], now: float, spare_spent: bool = False,
+                     among: set[str] | None = None) -> Request | None:
         """Lowest-priority running request of the device (any model) not in ``exclude``
-        (nor, with ``spare_spent``, one that reached the preemption limit)."""
+        (nor, with ``spare_spent``, one that reached the preemption limit; with ``among``,
+        only those ids)."""
         key = self.policy.priority_key
         cands = [r for q in self.running.values() for r in q
-                 if r.request_id not in exclude and not (spare_spent and self._spent(r))]
+                 if r.request_id not in exclude and not (spare_spent and self._spent(r))
+                 and (among is None or r.request_id in among)]
         return max(cands, key=lambda r: key(r, now)) if cands else None
 
     def _requeue(self, r: Request) -> None:

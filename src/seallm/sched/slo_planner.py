@@ -37,7 +37,8 @@ Our choices where the reference leaves room or has quirks (§1.13), stated:
    the right way round (larger is better), unlike the v1 code.
 4. A request's tier is its own TPOT target (the reference maps by current slack), so a
    guarantee holds for the request's whole decode, not only the planning horizon.
-5. Requests with the same TTFT deadline keep arrival order.
+5. Requests with the same TTFT deadline keep arrival order, and between equally good sets
+   the one of earlier requests wins (first come, first guaranteed).
 
 Costs: ``O(N x prod_k (n_k + 1))`` cell updates for ``N`` requests and ``n_k`` new ones in
 tier ``k``, vectorised with NumPy (one set of array operations per request).
@@ -339,7 +340,7 @@ def plan_admission(requests: Sequence[PlanRequest], window: WindowModel, free_pa
         (ib0, iu0), (ib1, iu1) = inc
         from1 = _repair(ib0, iu0, ib1, iu1)
         b0, u0, b1, u1 = B0[dst], U0[dst], B1[dst], U1[dst]
-        take0 = ib0 > b0
+        take0 = ib0 > b0 + 0.5  # near-ties (under one token) keep the earlier requests
         take1 = iu1 < u1
         B0[dst] = np.where(take0, ib0, b0)
         U0[dst] = np.where(take0, iu0, u0)

@@ -20,8 +20,8 @@ Reference: SLOs-Serve (arXiv 2504.08784), ``shared/reference/slo-scheduling.md``
   holds ``T^-1(period)`` tokens (dynamic batch size, §1.9); guaranteed decodes whose next
   token is due within ``decode_margin`` periods take one token each (the others are ahead
   of their cumulative schedule and wait, so looser tiers decode once per their own TPOT);
-  guaranteed prefills take chunks in EDF order; what is left goes to best-effort and
-  undecided requests in arrival order, then to the decodes that were ahead.
+  guaranteed prefills take chunks in EDF order, then the decodes that were ahead take one
+  token each; what is left goes to best-effort and undecided requests in arrival order.
 * Preemption: best-effort requests have the largest priority keys, latest arrival largest,
   so they lose their pages first, last in first out (§1.8); a guaranteed request that
   cannot get pages preempts them (recompute).
@@ -364,6 +364,12 @@ class SLOsServePolicy(_SLOPolicy):
             order.append(r)
             caps[r.request_id] = n
             left -= n
+        for st in ahead:
+            if left <= 0:
+                break
+            order.append(st.request)
+            caps[st.request.request_id] = 1
+            left -= 1
         for r in sorted(others, key=lambda r: (r.arrival_time, r.request_id)):
             if left <= 0:
                 break
@@ -371,12 +377,6 @@ class SLOsServePolicy(_SLOPolicy):
             order.append(r)
             caps[r.request_id] = n
             left -= n
-        for st in ahead:
-            if left <= 0:
-                break
-            order.append(st.request)
-            caps[st.request.request_id] = 1
-            left -= 1
         return BatchAllocation(tuple(order), budget, caps)
 
 
