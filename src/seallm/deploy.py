@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from seallm.core import WallClock
+from seallm.cluster.router import Router
+from seallm.core import SLO, WallClock
 from seallm.engine.core import ReplicaCore
 from seallm.engine.replica import ReplicaLayout, ReplicaModel, ReplicaSpec, build_replica
 from seallm.kv import KVCacheManager, parse_bytes
@@ -34,15 +35,26 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class SLOClass:
-    """A named latency target (seconds); requests may name one with ``slo_class``."""
+    """A named latency target; requests may name one with ``slo_class``. The fields are
+    those of :class:`~seallm.core.SLO` (seconds; ``ttft_slowdown`` a multiple of the
+    zero-load prefill time). The built-in classes of :data:`seallm.sched.slo.SLO_CLASSES`
+    (chatbot, coding, summarization, reasoning, tool_calling, tool_calling_final) are always
+    there; a deployment class of the same name replaces one."""
 
     name: str
     ttft: float | None = None
     tpot: float | None = None
     e2e: float | None = None
+    ttft_slowdown: float | None = None
+    tpot_thinking: float | None = None
+    thinking_tokens: int = 0
+
+    def to_slo(self) -> SLO:
+        """The class as an :class:`SLO` (raises ValueError on an invalid target)."""
+        return SLO(self.ttft, self.tpot, self.e2e, self.ttft_slowdown, self.tpot_thinking, self.thinking_tokens)
 
 
-ROUTING_POLICIES = ("least_loaded", "round_robin")
+ROUTING_POLICIES = Router.POLICIES
 
 
 @dataclass(frozen=True)
@@ -84,8 +96,12 @@ class DeploymentConfig:
         device: "cpu" or "cuda[:i]".
         kv_cache_memory: KV pool size ("2GiB"); None sizes it from free GPU memory.
         page_size_bytes: KV page size; None derives it from the models.
-        scheduling_policy: "seallm" (doubling budget; the default) or "fcfs" (vLLM-like baseline).
-        policy_options: knobs of the policy (``seallm``: fields of ``SeaLLMConfig``).
+        scheduling_policy: "seallm" (doubling budget; the default), "fcfs" (vLLM-like
+            baseline), "slos-serve" (SLO planner with soft admission) or "sarathi" (chunked
+            prefill, token budget sized to the tightest TPOT).
+        policy_options: knobs of the policy (``seallm``: fields of ``SeaLLMConfig``;
+            ``slos-serve`` / ``sarathi``: fields of ``SLOsServeConfig``, e.g.
+            ``{admission: reject, default_slo_class: coding}``).
         profiles_path: JSON file where the ``seallm`` policy keeps its service profiles
             (loaded at start if present, written at shutdown).
         max_num_batched_tokens: per-iteration token budget (chunked prefill).
@@ -142,7 +158,9 @@ class DeploymentConfig:
             replica holding every model, with the settings above). A request goes to a
             replica that lists its model, chosen by ``routing_policy``.
         routing_policy: "least_loaded" (the replica with the fewest requests queued or
-            running, preferring one where the model is resident) or "round_robin".
+            running, preferring one where the model is resident), "round_robin", or "slo"
+            (SLOs-Serve's try-then-forward: in turn, a replica whose SLO planner cannot
+            guarantee the request hands it to the next; the last serves it best effort).
         host, port, api_key: HTTP front end.
     """
 
@@ -349,6 +367,7 @@ def load_deployment(path: str) -> DeploymentConfig:
         swap_space: 4GiB
         slo_classes:
           - {name: interactive, ttft: 0.5, tpot: 0.1}
+          - {name: long_reads, ttft_slowdown: 3, tpot: 0.2}   # built in: chatbot, coding, ...
         engine_restart_max: 5         # restarts of a dead engine within the window
         engine_restart_window_s: 600
         engine_restart_backoff_s: 1   # doubling per restart in the window,
@@ -357,7 +376,7 @@ def load_deployment(path: str) -> DeploymentConfig:
         replicas:
           - {name: r0, models: [chat], threads: 1}
           - {name: r1, models: [chat, code], threads: 1, kv_cache_memory: 1GiB}
-        routing_policy: least_loaded  # or round_robin
+        routing_policy: least_loaded  # or round_robin, or slo (try-then-forward)
 
     Relative model paths are resolved against the file's folder.
 
@@ -396,7 +415,8 @@ def load_deployment(path: str) -> DeploymentConfig:
     for i, s in enumerate(raw.get("slo_classes") or []):
         try:
             slos.append(SLOClass(**s))
-        except TypeError as e:
+            slos[-1].to_slo()
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: slo_classes[{i}]: {e}") from None
     replicas = []
     for i, r in enumerate(raw.get("replicas") or []):

@@ -38,3 +38,14 @@ def test_round_robin_takes_turns_per_model():
 def test_unknown_policy():
     with pytest.raises(ValueError, match="unknown routing policy"):
         Router("random")
+
+
+def test_slo_routing_tries_every_live_replica_in_turn():
+    r = Router("slo")
+    views = [ReplicaView("r0", AB), ReplicaView("r1", AB, alive=False), ReplicaView("r2", AB),
+             ReplicaView("r3", frozenset({"b"}))]
+    assert r.try_order("a", views) == [0, 2]  # first in turn, then the next live replica
+    assert r.try_order("a", views) == [2, 0]
+    assert r.try_order("b", views) == [0, 2, 3]
+    assert r.try_order("zzz", views) == []
+    assert Router("least_loaded").try_order("a", views) == [0]  # other policies: one try

@@ -50,6 +50,9 @@ class BenchRequest:
     ``arrival_s``: scheduled send time, seconds after the replay starts.
     ``input_len``: prompt tokens (exact). ``output_len``: tokens to generate (``max_tokens``).
     ``slo``: per-stage latency targets sent with it (None: the deployment's default).
+    ``after``: index (in the workload) of the request this one follows, as the next round of
+    a tool-calling chain: it arrives ``tool_delay_s`` after that request finishes, and
+    ``arrival_s`` is ignored (None: an independent request). Simulator only.
     """
 
     model: str
@@ -57,6 +60,8 @@ class BenchRequest:
     input_len: int
     output_len: int
     slo: SLO | None = None
+    after: int | None = None
+    tool_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -302,7 +302,7 @@ class SLOsServePolicy(_SLOPolicy):
             elif self._mode(r) == "reject":
                 self._refused.append((r, "the SLO planner cannot guarantee this request's latency targets "
                                          f"(model {model!r} is at capacity); retry later"))
-                st.admission = r.admission = BEST_EFFORT  # until the scheduler finishes it
+                st.admission = BEST_EFFORT  # until the scheduler finishes it (no verdict: refused)
             else:
                 st.admission = r.admission = BEST_EFFORT
         self._last_plan[model] = now

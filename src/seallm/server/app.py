@@ -62,9 +62,9 @@ def build_app(cfg: DeploymentConfig) -> FastAPI:
             metrics.kv_total.set(engine.ready.num_pages)
 
         engine.on(restart=metrics.engine_restarts.inc, model_event=metrics.observe_model_event, ready=_restarted)
-        from seallm.core import SLO
+        from seallm.sched.slo import SLO_CLASSES
 
-        slo_classes = {c.name: SLO(c.ttft, c.tpot, c.e2e) for c in cfg.slo_classes}
+        slo_classes = {**SLO_CLASSES, **{c.name: c.to_slo() for c in cfg.slo_classes}}
         sandbox = None
         if cfg.allow_request_chat_template:
             import asyncio

@@ -9,6 +9,10 @@ import sys
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from seallm.cluster.router import Router
+    from seallm.sched.policy import POLICIES
+
+    ROUTING_POLICIES = Router.POLICIES
     p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API",
                        description="With no --model and no --config, serves the built-in demo deployment "
                                    "(two small random-weight models of different architectures).")
@@ -19,7 +23,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
     p.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
     p.add_argument("--kv-cache-memory", default=None, help="KV pool size, e.g. 2GiB (default 1GiB)")
-    p.add_argument("--scheduling-policy", default=None, help="seallm (default) or fcfs")
+    p.add_argument("--scheduling-policy", default=None, choices=POLICIES,
+                   help="seallm (default), fcfs, slos-serve (SLO planner with soft admission) or sarathi")
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="per-iteration token budget (512)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="most sequences per iteration (128)")
     p.add_argument("--preemption-mode", default=None, choices=("recompute", "swap"),
@@ -47,8 +52,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="which model loads next and which makes room (default seallm)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op CPU threads of the engine process (default: every core)")
-    p.add_argument("--routing-policy", default=None, choices=("least_loaded", "round_robin"),
-                   help="how a request picks one of several replicas (default least_loaded)")
+    p.add_argument("--routing-policy", default=None, choices=ROUTING_POLICIES,
+                   help="how a request picks one of several replicas (default least_loaded; slo: "
+                        "try-then-forward on the replicas' SLO planners)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_serve)

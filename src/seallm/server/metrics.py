@@ -39,8 +39,16 @@ class ServerMetrics:
         self.swap_outs = Counter("seallm:num_swap_outs", "Preemptions that swapped KV pages to host memory", lab,
                                  registry=r)
         self.refused = Counter("seallm:num_requests_refused",
-                               "HTTP requests refused by admission control (429, the model's waiting queue full)",
+                               "HTTP requests refused by admission control (429: the model's waiting queue full, or "
+                               "an SLO planner could not guarantee them with admission: reject)",
                                lab, registry=r)
+        self.admissions = Counter("seallm:num_requests_admitted",
+                                  "Sequences an SLO planner decided on, by its verdict (guaranteed: planned to "
+                                  "meet their SLO; best_effort: served from leftover budget, preempted first)",
+                                  ["model", "admission"], registry=r)
+        self.forwarded = Counter("seallm:num_requests_forwarded",
+                                 "HTTP requests a replica could not guarantee, forwarded to the next one "
+                                 "(routing policy slo)", lab, registry=r)
         self._seen: dict[tuple[str, str], int] = {}
         self.engine_restarts = Counter("seallm:engine_restarts",  # exposed as seallm:engine_restarts_total
                                        "Restarts of the engine process after it died (attempts, failed ones "
@@ -66,6 +74,9 @@ class ServerMetrics:
             self.preemptions.labels(m)
             self.swap_outs.labels(m)
             self.refused.labels(m)
+            self.forwarded.labels(m)
+            for a in ("guaranteed", "best_effort"):
+                self.admissions.labels(m, a)
 
     def observe_finished(self, model: str, arrival: float, first_token: float | None, finish: float,
                          prompt_tokens: int, output_tokens: int, finish_reason: str,

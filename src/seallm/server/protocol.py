@@ -31,11 +31,17 @@ class StreamOptions(_Strict):
 
 
 class SLOSpec(_Strict):
-    """Per-request latency targets in seconds (seallm extension)."""
+    """Per-request latency targets (seallm extension; the fields of ``seallm.core.SLO``):
+    seconds, except ``ttft_slowdown`` (a multiple >= 1 of the zero-load prefill time) and
+    ``thinking_tokens`` (output tokens of a reasoning model's thinking stage, paced by
+    ``tpot_thinking``). With ``slo_class``, the fields given override the class's."""
 
     ttft: FiniteFloat | None = Field(None, gt=0)
     tpot: FiniteFloat | None = Field(None, gt=0)
     e2e: FiniteFloat | None = Field(None, gt=0)
+    ttft_slowdown: FiniteFloat | None = Field(None, ge=1)
+    tpot_thinking: FiniteFloat | None = Field(None, gt=0)
+    thinking_tokens: StrictInt | None = Field(None, ge=0, le=INT32_MAX)
 
 
 class _Sampling(_Strict):

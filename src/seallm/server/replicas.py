@@ -145,10 +145,20 @@ class ReplicaSet:
         Raises:
             EngineDeadError: no replica that lists ``model`` is serving.
         """
-        i = self.router.route(model, self.views())
-        if i is not None:
-            self.routed[i] += 1
-            return self.clients[i]
+        return self.try_order(model)[0]
+
+    def try_order(self, model: str) -> list[EngineClient]:
+        """The replicas to try in turn for a new request of ``model``: one, or with the
+        ``slo`` routing policy every live replica that lists it, the routed one first
+        (:meth:`Router.try_order`).
+
+        Raises:
+            EngineDeadError: no replica that lists ``model`` is serving.
+        """
+        order = self.router.try_order(model, self.views())
+        if order:
+            self.routed[order[0]] += 1
+            return [self.clients[i] for i in order]
         owners = self.owners(model)
         if len(owners) == 1:
             raise owners[0]._unavailable()

@@ -60,6 +60,7 @@ class _Seq:
     first_token_time: float | None = None
     error: str | None = None
     error_status: int = 400
+    admission: str | None = None  # an SLO planner's verdict, from the final delta
 
 
 class OpenAIServing:
@@ -89,17 +90,31 @@ class OpenAIServing:
             self.template_sandbox.close()
 
     def _slo(self, req: Any) -> SLO | None:
+        """The request's SLO: its ``slo_class`` (built-in or the deployment's) with the
+        fields of ``slo`` overriding it, or ``slo`` alone; None without either.
+
+        Raises:
+            APIError: 400 for an unknown class or an invalid combination of targets.
+        """
+        base = None
         if req.slo_class is not None:
-            if req.slo is not None:
-                raise APIError("give either slo or slo_class, not both", 400, "slo_class")
-            slo = self.slo_classes.get(req.slo_class)
-            if slo is None:
-                raise APIError(f"unknown slo_class {req.slo_class!r}; deployment classes: "
-                               f"{sorted(self.slo_classes)}", 400, "slo_class")
-            return slo
-        if req.slo is not None:
-            return SLO(req.slo.ttft, req.slo.tpot, req.slo.e2e)
-        return None
+            base = self.slo_classes.get(req.slo_class)
+            if base is None:
+                raise APIError(f"unknown slo_class {req.slo_class!r}; classes: {sorted(self.slo_classes)}",
+                               400, "slo_class")
+        if req.slo is None:
+            return base
+        given = {k: getattr(req.slo, k) for k in req.slo.model_fields_set if getattr(req.slo, k) is not None}
+        fields = dict(vars(base)) if base is not None else {}
+        if "ttft" in given:  # one TTFT form replaces the other
+            fields.pop("ttft_slowdown", None)
+        if "ttft_slowdown" in given:
+            fields.pop("ttft", None)
+        fields.update(given)
+        try:
+            return SLO(**fields)
+        except ValueError as e:
+            raise APIError(str(e), 400, "slo") from None
 
     # ---- validation ---------------------------------------------------------------------
     def _model(self, name: str) -> ServedModel:
@@ -265,21 +280,46 @@ class OpenAIServing:
         return seqs
 
     async def _run(self, req: Any, http: HTTPRequest, seqs: list[_Seq], chat: bool):
-        queue: asyncio.Queue = asyncio.Queue()
         slo = self._slo(req)
-        try:
-            try:  # every sequence of one HTTP request goes to the same replica (one queue)
-                engine = self.replicas.pick(seqs[0].model)
+        try:  # every sequence of one HTTP request goes to the same replica (one queue)
+            engines = self.replicas.try_order(seqs[0].model)
+        except EngineDeadError as e:  # restarting (Retry-After), or given up (none)
+            headers = None if e.retry_after is None else {"Retry-After": str(max(1, math.ceil(e.retry_after)))}
+            raise APIError(str(e), 503, headers=headers) from None
+        for k, engine in enumerate(engines):
+            # Try-then-forward (routing "slo"): every try but the last asks the replica to
+            # refuse what its SLO planner cannot guarantee; a refusal (429) moves on.
+            last = k == len(engines) - 1
+            queue: asyncio.Queue = asyncio.Queue()
+            try:
+                try:
+                    for s in seqs:
+                        await engine.add(AddRequest(s.request_id, s.model, s.prompt_ids, s.params, s.arrival,
+                                                    req.priority, slo, None if last else "reject"),
+                                         queue, s.index)
+                except EngineDeadError as e:
+                    if not last:
+                        raise _Forward() from None
+                    headers = None if e.retry_after is None else {
+                        "Retry-After": str(max(1, math.ceil(e.retry_after)))}
+                    raise APIError(str(e), 503, headers=headers) from None
+                await self._admitted(seqs, queue, count_refusal=last)
+                break
+            except _Forward:
+                self._abort_unfinished(seqs)
+                self.metrics.forwarded.labels(seqs[0].model).inc()
                 for s in seqs:
-                    await engine.add(AddRequest(s.request_id, s.model, s.prompt_ids, s.params, s.arrival,
-                                                     req.priority, slo), queue, s.index)
-            except EngineDeadError as e:  # restarting (Retry-After), or given up (none)
-                headers = None if e.retry_after is None else {"Retry-After": str(max(1, math.ceil(e.retry_after)))}
-                raise APIError(str(e), 503, headers=headers) from None
-            await self._admitted(seqs, queue)
-        except BaseException:  # refused, engine gone, or the client left while waiting
-            self._abort_unfinished(seqs)
-            raise
+                    s.error, s.error_status, s.finish_reason = None, 400, None
+            except APIError as e:
+                self._abort_unfinished(seqs)
+                if last or e.status != 429:
+                    raise
+                self.metrics.forwarded.labels(seqs[0].model).inc()
+                for s in seqs:
+                    s.error, s.error_status, s.finish_reason = None, 400, None
+            except BaseException:  # engine gone, or the client left while waiting
+                self._abort_unfinished(seqs)
+                raise
         rid = ("chatcmpl-" if chat else "cmpl-") + seqs[0].request_id.split("-")[0]
         created = int(time.time())
         if req.stream:
@@ -305,7 +345,7 @@ class OpenAIServing:
                                 headers=headers)
         return JSONResponse(self._final_body(rid, created, req.model, seqs, chat))
 
-    async def _admitted(self, seqs: list[_Seq], queue: asyncio.Queue) -> None:
+    async def _admitted(self, seqs: list[_Seq], queue: asyncio.Queue, count_refusal: bool = True) -> None:
         """Wait for the engine's verdict on every sequence (its first delta: an empty
         acknowledgement, or an error), before any response is started.
 
@@ -335,7 +375,7 @@ class OpenAIServing:
         headers = None
         if failed.error_status in (429, 503):
             headers = {"Retry-After": str(RETRY_AFTER_S)}
-            if failed.error_status == 429:
+            if failed.error_status == 429 and count_refusal:
                 self.metrics.refused.labels(failed.model).inc()
         raise APIError(failed.error, failed.error_status, "model" if failed.error_status == 429 else None,
                        headers=headers)
@@ -368,6 +408,9 @@ class OpenAIServing:
             self.replicas.abort([s.request_id], reason="stop")
         elif d.finish_reason is not None:
             s.finish_reason, s.stop_reason = d.finish_reason, d.stop_reason
+            if d.admission is not None:
+                s.admission = d.admission
+                self.metrics.admissions.labels(s.model, d.admission).inc()
             if s.detok is not None:
                 text += s.detok.flush()
         if s.finish_reason is not None:
@@ -430,17 +473,23 @@ class OpenAIServing:
                 choices.append({"index": s.index, "text": s.text,
                                 "logprobs": self._completion_logprobs(s, s.logprobs, 0) if want_lp else None,
                                 "finish_reason": s.finish_reason, "stop_reason": s.stop_reason})
-        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+        body = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": model, "choices": choices, "usage": self._usage(seqs)}
+        admission = _admission(seqs)
+        if admission is not None:
+            body["admission"] = admission
+        return body
 
     async def _stream(self, rid: str, created: int, model: str, seqs: list[_Seq], queue: asyncio.Queue,
                       chat: bool, include_usage: bool) -> AsyncIterator[str]:
         obj = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        def chunk(choices: list[dict], usage: dict | None = None, admission: str | None = None) -> str:
             body = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
             if usage is not None:
                 body["usage"] = usage
+            if admission is not None:
+                body["admission"] = admission
             return f"data: {_sse_safe(json.dumps(body, ensure_ascii=False))}\n\n"
 
         try:
@@ -474,12 +523,27 @@ class OpenAIServing:
                 text_off[s.index] += len(text)
                 if done:
                     c["stop_reason"] = s.stop_reason
-                yield chunk([c])
+                last = done and all(x.finish_reason is not None for x in seqs)
+                yield chunk([c], admission=_admission(seqs) if last else None)
             if include_usage:
                 yield chunk([], self._usage(seqs))
             yield "data: [DONE]\n\n"
         finally:  # client gone (cancelled) or finished: free whatever is still running
             self._abort_unfinished(seqs)
+
+
+def _admission(seqs: list[_Seq]) -> str | None:
+    """The response's ``admission``: "best_effort" if an SLO planner served any of its
+    sequences best effort, "guaranteed" if it guaranteed them all, None without a planner."""
+    verdicts = {s.admission for s in seqs}
+    if "best_effort" in verdicts:
+        return "best_effort"
+    return "guaranteed" if verdicts == {"guaranteed"} else None
+
+
+class _Forward(Exception):
+    """A try of try-then-forward routing failed before the replica answered (its engine is
+    down): the next replica is tried."""
 
 
 _LINE_BREAKS = ("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")

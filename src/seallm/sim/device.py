@@ -13,6 +13,7 @@ server and goes through the same metrics.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,7 +87,9 @@ def simulate_device(
     """Serve ``requests`` on one simulated device and record every token's time.
 
     Prompts are ``input_len`` copies of a token id; each request asks for exactly
-    ``output_len`` tokens (``ignore_eos``), as the load client does. ``swap_pages`` host
+    ``output_len`` tokens (``ignore_eos``), as the load client does. A request with ``after``
+    set (the next round of a tool-calling chain) arrives ``tool_delay_s`` after the request it
+    follows finishes (or is refused). ``swap_pages`` host
     pages back swap preemption (``scheduler_config.preemption_mode="swap"``); copies take
     ``swap_bandwidth`` bytes/s. ``max_resident_models`` / ``weights_memory_bytes`` /
     ``residency_policy`` / ``residency_preempt_after`` hold fewer models than ``models`` on the device at once (as in a
@@ -112,40 +115,53 @@ def simulate_device(
     core = replica.core
     known = {m.name for m in models}
 
-    order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
+    followers: dict[int, list[int]] = {}
+    for i, b in enumerate(requests):
+        if b.model not in known:
+            raise ValueError(f"model {b.model!r} is not served by the simulated device: {sorted(known)}")
+        if b.after is not None:
+            if not 0 <= b.after < len(requests) or b.after == i:
+                raise ValueError(f"request {i} follows request {b.after}, which is not in the workload")
+            followers.setdefault(b.after, []).append(i)
+    arrivals = [(b.arrival_s, i) for i, b in enumerate(requests) if b.after is None]
+    heapq.heapify(arrivals)
+    arrived: dict[str, float] = {}
     token_times: dict[str, list[float]] = {}
     finish: dict[str, tuple[float, str, str | None]] = {}
     refused: dict[str, str] = {}
-    nxt = 0
-    while nxt < len(order) or replica.has_work():
+
+    def done(rid: str, t: float) -> None:  # the next rounds of its chain arrive after the tool delay
+        for j in followers.get(int(rid), ()):
+            heapq.heappush(arrivals, (t + requests[j].tool_delay_s, j))
+
+    while arrivals or replica.has_work():
         now = replica.now
-        while nxt < len(order) and requests[order[nxt]].arrival_s <= now:
-            i = order[nxt]
+        while arrivals and arrivals[0][0] <= now:
+            t_arr, i = heapq.heappop(arrivals)
             b = requests[i]
-            if b.model not in known:
-                raise ValueError(f"model {b.model!r} is not served by the simulated device: {sorted(known)}")
             rid = str(i)
             replica.submit(AddRequest(rid, b.model, [5] * b.input_len,
                                       SamplingParams(max_tokens=b.output_len, ignore_eos=True, temperature=0.0),
-                                      b.arrival_s, slo=b.slo))
+                                      t_arr, slo=b.slo))
+            arrived[rid] = t_arr
             token_times[rid] = []
-            nxt += 1
         replica.step()
         t = replica.now
         for out in replica.outputs():
             for d in out.deltas:
                 if d.error is not None:  # refused, as the server answers 4xx: the request fails alone
                     refused[d.request_id] = f"HTTP {d.error_status}: {d.error}"
+                    done(d.request_id, t)
                     continue
                 if d.token_ids:
                     token_times[d.request_id].extend([t] * len(d.token_ids))
                 if d.finish_reason is not None:
                     finish[d.request_id] = (t, d.finish_reason, d.admission)
+                    done(d.request_id, t)
         if core.num_steps > max_steps:
             raise ValueError(f"simulation exceeded {max_steps} iterations")
         if t == now:  # nothing ran: jump to the next arrival or finished load
-            events = [e for e in (replica.next_event_time(),
-                                  requests[order[nxt]].arrival_s if nxt < len(order) else None) if e is not None]
+            events = [e for e in (replica.next_event_time(), arrivals[0][0] if arrivals else None) if e is not None]
             if not events:
                 if core.has_unfinished():
                     raise ValueError("simulation stalled: requests left but nothing can run")
@@ -155,14 +171,17 @@ def simulate_device(
     recs = []
     for i, b in enumerate(requests):
         rid = str(i)
+        t_arr = arrived.get(rid)
+        if t_arr is None:  # a later round of a chain whose earlier round never finished
+            raise ValueError(f"request {i} never arrived: the request it follows ({b.after}) did not finish")
         if rid in refused:
             recs.append(RequestRecord(index=i, model=b.model, input_len=b.input_len, output_len=b.output_len,
-                                      scheduled_s=b.arrival_s, sent_s=b.arrival_s, error=refused[rid]))
+                                      scheduled_s=t_arr, sent_s=t_arr, error=refused[rid]))
             continue
         times = token_times.get(rid, [])
         end, reason, admission = finish[rid]
         recs.append(RequestRecord(index=i, model=b.model, input_len=b.input_len, output_len=b.output_len,
-                                  scheduled_s=b.arrival_s, sent_s=b.arrival_s, first_token_s=times[0],
+                                  scheduled_s=t_arr, sent_s=t_arr, first_token_s=times[0],
                                   finish_s=end, tokens_in=b.input_len, tokens_out=len(times),
                                   token_times_s=tuple(times), finish_reason=reason, admission=admission))
     sched = core.scheduler
