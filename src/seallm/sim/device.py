@@ -14,7 +14,7 @@ server and goes through the same metrics.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from seallm.bench.records import RequestRecord
@@ -25,7 +25,8 @@ from seallm.engine.messages import AddRequest
 from seallm.engine.replica import ReplicaModel, ReplicaSpec
 from seallm.kv import KVSpec
 from seallm.sched import SchedulerConfig, SchedulingPolicy
-from seallm.sim.replica import simulated_replica
+from seallm.cluster.router import ReplicaView, Router
+from seallm.sim.replica import SimulatedReplica, simulated_replica
 
 
 @dataclass(frozen=True)
@@ -112,62 +113,63 @@ def simulate_device(
                                 policy=policy,
                                 swap_bandwidth=swap_bandwidth, disk_bandwidth=disk_bandwidth,
                                 host_cache_bandwidth=host_cache_bandwidth)
-    core = replica.core
     known = {m.name for m in models}
+    arrived, token_times, finish, refused = serve_replicas(requests, [replica], known, max_steps=max_steps)
+    core = replica.core
+    sched = core.scheduler
+    return DeviceResult(records_of(requests, arrived, token_times, finish, refused), core.num_steps,
+                        core.executor.busy_s, sched.num_preemptions, replica.now, sched.num_swap_outs,
+                        num_loads=core.executor.num_loads)
 
-    followers: dict[int, list[int]] = {}
-    for i, b in enumerate(requests):
-        if b.model not in known:
-            raise ValueError(f"model {b.model!r} is not served by the simulated device: {sorted(known)}")
-        if b.after is not None:
-            if not 0 <= b.after < len(requests) or b.after == i:
-                raise ValueError(f"request {i} follows request {b.after}, which is not in the workload")
-            followers.setdefault(b.after, []).append(i)
-    arrivals = [(b.arrival_s, i) for i, b in enumerate(requests) if b.after is None]
-    heapq.heapify(arrivals)
-    arrived: dict[str, float] = {}
-    token_times: dict[str, list[float]] = {}
-    finish: dict[str, tuple[float, str, str | None]] = {}
-    refused: dict[str, str] = {}
 
-    def done(rid: str, t: float) -> None:  # the next rounds of its chain arrive after the tool delay
-        for j in followers.get(int(rid), ()):
-            heapq.heappush(arrivals, (t + requests[j].tool_delay_s, j))
+def simulate_replicas(
+    requests: Sequence[BenchRequest],
+    models: Sequence[SimModel],
+    policy_factory: Callable[[], SchedulingPolicy],
+    num_replicas: int,
+    kv_pages: int,
+    page_size_bytes: int,
+    scheduler_config: SchedulerConfig | None = None,
+    routing_policy: str = "round_robin",
+    max_steps: int = 50_000_000,
+) -> DeviceResult:
+    """Serve ``requests`` on ``num_replicas`` identical simulated replicas (each with every
+    model resident, its own KV pool of ``kv_pages`` pages and its own policy from
+    ``policy_factory``) behind a :class:`~seallm.cluster.router.Router` with
+    ``routing_policy`` (``slo``: try-then-forward on the replicas' SLO planners).
 
-    while arrivals or replica.has_work():
-        now = replica.now
-        while arrivals and arrivals[0][0] <= now:
-            t_arr, i = heapq.heappop(arrivals)
-            b = requests[i]
-            rid = str(i)
-            replica.submit(AddRequest(rid, b.model, [5] * b.input_len,
-                                      SamplingParams(max_tokens=b.output_len, ignore_eos=True, temperature=0.0),
-                                      t_arr, slo=b.slo))
-            arrived[rid] = t_arr
-            token_times[rid] = []
-        replica.step()
-        t = replica.now
-        for out in replica.outputs():
-            for d in out.deltas:
-                if d.error is not None:  # refused, as the server answers 4xx: the request fails alone
-                    refused[d.request_id] = f"HTTP {d.error_status}: {d.error}"
-                    done(d.request_id, t)
-                    continue
-                if d.token_ids:
-                    token_times[d.request_id].extend([t] * len(d.token_ids))
-                if d.finish_reason is not None:
-                    finish[d.request_id] = (t, d.finish_reason, d.admission)
-                    done(d.request_id, t)
-        if core.num_steps > max_steps:
-            raise ValueError(f"simulation exceeded {max_steps} iterations")
-        if t == now:  # nothing ran: jump to the next arrival or finished load
-            events = [e for e in (replica.next_event_time(), arrivals[0][0] if arrivals else None) if e is not None]
-            if not events:
-                if core.has_unfinished():
-                    raise ValueError("simulation stalled: requests left but nothing can run")
-                break
-            replica.advance_to(min(events))
+    Returns:
+        The records and the totals over the replicas (steps, busy seconds, preemptions);
+        ``makespan_s`` is the latest replica clock.
 
+    Raises:
+        ValueError: fewer than one replica, an unknown routing policy, or as
+            :func:`simulate_device`.
+    """
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+    router = Router(routing_policy)
+    spec = ReplicaSpec(models=tuple(ReplicaModel(m.name, m.kv_spec, m.weights_bytes, m.pinned) for m in models),
+                       kv_cache_bytes=kv_pages * page_size_bytes, device="simulated", page_size_bytes=page_size_bytes,
+                       scheduler=scheduler_config or SchedulerConfig())
+    reps = [simulated_replica(spec, {m.name: m.cost_model for m in models}, {m.name: m for m in models},
+                              policy=policy_factory()) for _ in range(num_replicas)]
+    known = {m.name for m in models}
+    arrived, token_times, finish, refused = serve_replicas(requests, reps, known, router, max_steps)
+    return DeviceResult(records_of(requests, arrived, token_times, finish, refused),
+                        sum(r.core.num_steps for r in reps), sum(r.core.executor.busy_s for r in reps),
+                        sum(r.core.scheduler.num_preemptions for r in reps), max(r.now for r in reps),
+                        sum(r.core.scheduler.num_swap_outs for r in reps))
+
+
+def records_of(requests: Sequence[BenchRequest], arrived: dict[str, float], token_times: dict[str, list[float]],
+               finish: dict[str, tuple[float, str, str | None]], refused: dict[str, str]) -> tuple[RequestRecord, ...]:
+    """One :class:`RequestRecord` per workload request, in workload order, from what
+    :func:`serve_replicas` observed.
+
+    Raises:
+        ValueError: a later round of a chain that never arrived.
+    """
     recs = []
     for i, b in enumerate(requests):
         rid = str(i)
@@ -184,6 +186,106 @@ def simulate_device(
                                   scheduled_s=t_arr, sent_s=t_arr, first_token_s=times[0],
                                   finish_s=end, tokens_in=b.input_len, tokens_out=len(times),
                                   token_times_s=tuple(times), finish_reason=reason, admission=admission))
-    sched = core.scheduler
-    return DeviceResult(tuple(recs), core.num_steps, core.executor.busy_s, sched.num_preemptions, replica.now,
-                        sched.num_swap_outs, num_loads=core.executor.num_loads)
+    return tuple(recs)
+
+
+def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[SimulatedReplica], known: set[str],
+                   router: Router | None = None, max_steps: int = 50_000_000):
+    """Drive simulated replicas through a workload by events, as a front end drives live ones.
+
+    The replica furthest behind in simulated time steps next; an arrival is delivered once
+    every replica with work has reached its time. Each request goes to the replicas of
+    ``router.try_order`` (None: the first replica) in turn: every try but the last asks for
+    ``admission_mode="reject"``, and a refusal (HTTP 429) forwards the request to the next
+    replica at the time of the refusal (SLOs-Serve's try-then-forward, §1.11). A request with
+    ``after`` set arrives ``tool_delay_s`` after the request it follows finishes (or fails).
+
+    Returns:
+        ``(arrived, token_times, finish, refused)`` keyed by request id (the workload index
+        as a string): arrival time (s), every token's time (s), ``(finish time, reason,
+        admission)``, and the error of a request that failed on its last try.
+
+    Raises:
+        ValueError: a request of an unknown model or following an unknown request, a stall,
+            or more than ``max_steps`` iterations.
+    """
+    followers: dict[int, list[int]] = {}
+    for i, b in enumerate(requests):
+        if b.model not in known:
+            raise ValueError(f"model {b.model!r} is not served by the simulated device: {sorted(known)}")
+        if b.after is not None:
+            if not 0 <= b.after < len(requests) or b.after == i:
+                raise ValueError(f"request {i} follows request {b.after}, which is not in the workload")
+            followers.setdefault(b.after, []).append(i)
+    # (time, tie-break, workload index, try number)
+    arrivals = [(b.arrival_s, i, i, 0) for i, b in enumerate(requests) if b.after is None]
+    heapq.heapify(arrivals)
+    tries: dict[int, list[int]] = {}
+    arrived: dict[str, float] = {}
+    token_times: dict[str, list[float]] = {}
+    finish: dict[str, tuple[float, str, str | None]] = {}
+    refused: dict[str, str] = {}
+    where: dict[str, int] = {}  # request id -> try number now
+    seq = len(requests)
+
+    def push(t: float, i: int, k: int) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(arrivals, (t, seq, i, k))
+
+    def done(rid: str, t: float) -> None:  # the next rounds of its chain arrive after the tool delay
+        for j in followers.get(int(rid), ()):
+            push(t + requests[j].tool_delay_s, j, 0)
+
+    def views() -> list[ReplicaView]:
+        return [ReplicaView(str(n), frozenset(known), frozenset(known), True, rep.core.scheduler.num_running()
+                            + rep.core.scheduler.num_waiting()) for n, rep in enumerate(replicas)]
+
+    while True:
+        ev = [(rep.next_event_time(), n) for n, rep in enumerate(replicas)]
+        ev = [(t, n) for t, n in ev if t is not None]
+        t_rep, n = min(ev) if ev else (None, None)
+        if arrivals and (t_rep is None or arrivals[0][0] <= t_rep):
+            t_arr, _, i, k = heapq.heappop(arrivals)
+            b = requests[i]
+            rid = str(i)
+            if k == 0:
+                tries[i] = [0] if router is None else router.try_order(b.model, views())
+                arrived[rid] = t_arr
+                token_times[rid] = []
+            order = tries[i]
+            rep = replicas[order[k]]
+            rep.advance_to(t_arr)  # behind only when it had nothing to run until now
+            where[rid] = k
+            rep.submit(AddRequest(rid, b.model, [5] * b.input_len,
+                                  SamplingParams(max_tokens=b.output_len, ignore_eos=True, temperature=0.0),
+                                  arrived[rid], slo=b.slo, admission_mode=None if k == len(order) - 1 else "reject"))
+            continue
+        if t_rep is None:
+            if any(rep.core.has_unfinished() for rep in replicas):
+                raise ValueError("simulation stalled: requests left but nothing can run")
+            break
+        rep = replicas[n]
+        if t_rep > rep.now:  # only a load under way: jump to its end
+            rep.advance_to(t_rep)
+        rep.step()
+        t = rep.now
+        for out in rep.outputs():
+            for d in out.deltas:
+                rid = d.request_id
+                if d.error is not None:  # refused, as the server answers 4xx: the request fails alone
+                    i = int(rid)
+                    if d.error_status == 429 and where[rid] < len(tries[i]) - 1:
+                        push(t, i, where[rid] + 1)  # try-then-forward
+                        continue
+                    refused[rid] = f"HTTP {d.error_status}: {d.error}"
+                    done(rid, t)
+                    continue
+                if d.token_ids:
+                    token_times[rid].extend([t] * len(d.token_ids))
+                if d.finish_reason is not None:
+                    finish[rid] = (t, d.finish_reason, d.admission)
+                    done(rid, t)
+        if rep.core.num_steps > max_steps:
+            raise ValueError(f"simulation exceeded {max_steps} iterations")
+    return arrived, token_times, finish, refused
