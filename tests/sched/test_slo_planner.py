@@ -33,7 +33,7 @@ def test_window_model_inverts_the_cost_model():
     w = window(0.05, 0.1)
     assert w.batch_tokens(0.05) == 40  # (0.05 - 0.01) / 1e-3
     assert w.period(0) == (0.05, 40)
-    assert w.startup_tokens() == pytest.approx(10.0)  # 10 ms of fixed cost at 1 ms/token
+    assert w.startup_tokens() == pytest.approx(0.010 * FULL_RATE)  # 10 ms of fixed cost at the full rate
     rate, ok = w.prefill_rate(np.array([[0, 39, 40, 41], [0, 0, 0, 0]], dtype=float))
     # 39 decodes at 20 tokens/s each leave 1 token per 50 ms batch: 20 tokens/s of prefill.
     assert rate[0] == pytest.approx(FULL_RATE)
@@ -52,14 +52,14 @@ def test_window_model_rejects_bad_tiers():
 
 
 def test_admits_what_the_prefill_capacity_allows_by_the_deadline():
-    # By t = 1 s the device prefills FULL_RATE - 10 (the fixed-cost start-up) ~ 985 tokens.
+    # By t = 1 s the device prefills FULL_RATE less 10 ms of start-up: ~985 tokens.
     w = window(0.1)
     assert plan_admission([new("a", 1.0, 900)], w, 1000, 0.0).admitted == {"a"}
     assert plan_admission([new("a", 1.0, 1000)], w, 1000, 0.0).admitted == frozenset()
     # Two requests of one deadline that do not fit together: the one leaving more surplus.
     p = plan_admission([new("big", 1.0, 600), new("small", 1.0, 500)], w, 1000, 0.0)
     assert p.admitted == {"small"}
-    assert p.surplus_tokens == pytest.approx(FULL_RATE - 10 - 500)
+    assert p.surplus_tokens == pytest.approx(0.99 * FULL_RATE - 500)
     # An earlier deadline leaves the later request the time between the two.
     p = plan_admission([new("a", 0.5, 400), new("b", 1.0, 500)], w, 1000, 0.0)
     assert p.admitted == {"a", "b"}
@@ -69,6 +69,13 @@ def test_more_requests_beat_one_big_one():
     w = window(0.1)
     reqs = [new("big", 1.0, 950)] + [new(f"s{i}", 1.0, 300) for i in range(3)]
     assert plan_admission(reqs, w, 1000, 0.0).admitted == {"s0", "s1", "s2"}
+
+
+def test_a_flat_cost_piece_does_not_swamp_the_start_up():
+    # max(6.04e-5 N + 14 ms, 30 ms): the flat piece has no per-token slope.
+    w = WindowModel(MaxAffineCostModel(((6.04e-5, 0.0, 0.014), (0.0, 0.0, 0.030))), (0.05, 0.1), 8192)
+    assert 0 < w.startup_tokens() < 600
+    assert plan_admission([new("a", 1.0, 500)], w, 1000, 0.0).admitted == {"a"}
 
 
 def test_decode_pace_limits_the_decoding_set():

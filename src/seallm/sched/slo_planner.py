@@ -118,9 +118,10 @@ class WindowModel:
         """The most the fluid window model can promise beyond what whole batches deliver by
         a deadline, in tokens, so the planner starts that far in deficit (conservative):
         with decoding requests whose tightest tier is ``tier``, one batch of that tier's
-        period; without (None), what the fixed cost of one iteration is worth (``b / k1``)."""
-        fixed = max(b + c * self.context_tokens for a, c, b in self.cost_model.pieces) / min(
-            max(a, 1e-12) for a, _, _ in self.cost_model.pieces)
+        period; without (None), what the fixed cost of one iteration ``T(0)`` is worth at
+        the full-batch rate (``~ b / k1`` for one affine piece)."""
+        # the fixed cost of one iteration, T(0), in tokens at the full-batch rate
+        fixed = self.step_time(0) * self.max_batch_tokens / self.step_time(self.max_batch_tokens)
         return fixed if tier is None else min(fixed, float(self.period(tier)[1]))
 
     def period(self, tier: int) -> tuple[float, int]:
