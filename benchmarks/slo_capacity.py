@@ -8,7 +8,7 @@ model of the scenario's GPU deployment, which the ``slos-serve`` and ``sarathi``
 plan with (an exact cost model).
 
 Capacity = the highest request rate at which at least 90 % of requests meet their SLO and the
-last request finishes within 20 s of the last deadline (the reference's backlog guard), by bisection over 0.25-32 req/s; a
+last request finishes within 20 s of the last deadline (the reference's backlog guard), by bisection over 0.05-32 req/s; a
 ``slos-serve`` request served best-effort counts as a miss even when it finishes in time
 (the reference's rule). Per-GPU capacity divides by the GPUs of the deployment.
 
@@ -221,7 +221,7 @@ def _good(r: dict) -> bool:
 
 
 def capacity(scenario: str, system: str, duration: float, seed: int = 0, replicas: int = 0,
-             routing: str = "slo", lo: float = 0.25, hi: float = 32.0) -> dict:
+             routing: str = "slo", lo: float = 0.05, hi: float = 32.0) -> dict:
     """Highest rate (req/s; per replica with ``replicas``) meeting the capacity criterion, by
     bisection; with every run made."""
     runs = []

@@ -106,6 +106,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     c.add_argument("--request-timeout", type=float, default=None, metavar="S", help="bound on one request, s")
     c.add_argument("--max-concurrency", type=int, default=None, metavar="N", help="most requests in flight")
     c.add_argument("--no-ignore-eos", action="store_true", help="do not send ignore_eos: true")
+    c.add_argument("--slo-class", default=None, metavar="NAME",
+                   help="send slo_class NAME with every request (seallm extension: e.g. chatbot, coding); "
+                        "the records keep the SLO planner's admission verdict")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     m = p.add_argument_group("metrics")
@@ -171,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             base_url=args.base_url, api_key=args.api_key, timeout_s=args.timeout,
             request_timeout_s=args.request_timeout, max_concurrency=args.max_concurrency,
             progress=not args.no_progress, ignore_eos=not args.no_ignore_eos,
+            extra_body=(("slo_class", args.slo_class),) if args.slo_class else (),
         ),
         prompts=PromptConfig(args.token_id_range[0], args.token_id_range[1], args.tokenizer),
         calibration=CalibrationConfig(enabled=not args.no_calibrate, requests_per_model=args.calibration_requests,

@@ -8,7 +8,9 @@ is bounded by ``ClientConfig.timeout_s``.
 Request body: ``{"model", "prompt", "max_tokens": output_len, "stream": true,
 "stream_options": {"include_usage": true}, "ignore_eos": true}``; ``ignore_eos`` is a vLLM
 extension (also accepted by the seallm server) that makes the server generate exactly
-``max_tokens`` tokens.
+``max_tokens`` tokens. A workload request with an ``slo`` also sends it (seallm's per-request
+SLO extension), and the ``admission`` verdict of seallm's SLO planner in the final chunk is
+recorded.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class _Probe:
     """Mutable state of one request while it is in flight (becomes a RequestRecord)."""
 
     __slots__ = ("index", "req", "sent", "first", "finish", "times", "chunks", "usage_in",
-                 "usage_out", "finish_reason", "error", "done", "final_time")
+                 "usage_out", "finish_reason", "error", "done", "final_time", "admission")
 
     def __init__(self, index: int, req: BenchRequest) -> None:
         self.index, self.req = index, req
@@ -91,6 +93,7 @@ class _Probe:
         self.error: str | None = None
         self.done = False
         self.final_time: float | None = None  # an empty final chunk that came before any token
+        self.admission: str | None = None  # seallm's SLO planner verdict (final chunk)
 
     def on_event(self, data: str, now: float) -> None:
         if data.strip() == "[DONE]":
@@ -109,6 +112,8 @@ class _Probe:
             msg = err.get("message", err) if isinstance(err, dict) else err
             self.error = f"server error: {str(msg)[:300]}"
             return
+        if isinstance(obj.get("admission"), str):
+            self.admission = obj["admission"]
         choices = obj.get("choices") or []
         if choices and isinstance(choices[0], dict):
             c = choices[0]
@@ -158,6 +163,7 @@ class _Probe:
             token_times_s=tuple(self.times),
             finish_reason=self.finish_reason,
             error=error,
+            admission=self.admission,
         )
 
 
@@ -171,6 +177,8 @@ def _body(req: BenchRequest, prompt: list[int] | str, cfg: ClientConfig) -> dict
     }
     if cfg.ignore_eos:
         body["ignore_eos"] = True
+    if req.slo is not None:  # seallm's per-request SLO (only when the workload carries one)
+        body["slo"] = {k: v for k, v in vars(req.slo).items() if v is not None and v != 0}
     body.update(dict(cfg.extra_body))
     return body
 

@@ -305,21 +305,14 @@ class OpenAIServing:
                     raise APIError(str(e), 503, headers=headers) from None
                 await self._admitted(seqs, queue, count_refusal=last)
                 break
-            except _Forward:
+            except BaseException as e:  # refused, engine gone, or the client left while waiting
                 self._abort_unfinished(seqs)
-                self.metrics.forwarded.labels(seqs[0].model).inc()
-                for s in seqs:
-                    s.error, s.error_status, s.finish_reason = None, 400, None
-            except APIError as e:
-                self._abort_unfinished(seqs)
-                if last or e.status != 429:
+                if not (isinstance(e, _Forward) or isinstance(e, APIError) and e.status == 429 and not last):
                     raise
-                self.metrics.forwarded.labels(seqs[0].model).inc()
-                for s in seqs:
-                    s.error, s.error_status, s.finish_reason = None, 400, None
-            except BaseException:  # engine gone, or the client left while waiting
-                self._abort_unfinished(seqs)
-                raise
+            # forward: the next replica starts the sequences afresh
+            self.metrics.forwarded.labels(seqs[0].model).inc()
+            for s in seqs:
+                s.error, s.error_status, s.finish_reason = None, 400, None
         rid = ("chatcmpl-" if chat else "cmpl-") + seqs[0].request_id.split("-")[0]
         created = int(time.time())
         if req.stream:
