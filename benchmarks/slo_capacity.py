@@ -8,14 +8,16 @@ model of the scenario's GPU deployment, which the ``slos-serve`` and ``sarathi``
 plan with (an exact cost model).
 
 Capacity = the highest request rate at which at least 90 % of requests meet their SLO and the
-last request finishes within 20 s of the last deadline (the reference's backlog guard), by bisection over 0.05-32 req/s; a
+last request finishes within 20 s of the last deadline (the reference's backlog guard),
+found by doubling from 0.5 req/s and bisection (0.05-32 req/s, to 4 %); a
 ``slos-serve`` request served best-effort counts as a miss even when it finishes in time
 (the reference's rule). Per-GPU capacity divides by the GPUs of the deployment.
 
 Scenarios (lengths from the traces in ``shared/traces``; our choices where the reference has
 no data are marked *):
 
-* ``chatbot``: Azure conversation trace, 900-1200 s, arrivals rescaled to the rate; OPT-13B
+* ``chatbot``: Azure conversation trace, 900-1200 s (the whole window at every rate, its
+  arrivals rescaled to the rate; ``--duration`` applies to the other scenarios); OPT-13B
   on 2 GPUs (TP2); class chatbot (5x TTFT, 100 ms TPOT).
 * ``coding``: Azure code trace, 1786-2086 s; OPT-13B TP2; coding (5x, 50 ms).
 * ``summarization``: arXiv summarization lengths (prompts capped at 4096*), Poisson; OPT-13B
@@ -29,11 +31,13 @@ no data are marked *):
   before a ShareGPT-length answer; DeepSeek-R1-Distill-Qwen-7B on 1 GPU; reasoning (3x,
   50 ms thinking, 100 ms answer).
 
-Also a burst test (``chatbot`` lengths, compound-Poisson arrivals with geometric burst sizes
-of mean 5, §1.8) and a replica-scaling test (bursty chatbot on 1, 2 and 4 replicas, routing
-``slo`` (try-then-forward) against ``round_robin``, all ``slos-serve``).
+Also a burst test (chatbot lengths at 2 and 4 req/s for ``--duration`` s, Poisson arrivals
+against compound-Poisson ones with geometric burst sizes of mean 5, §1.8: attainment of every
+system) and a replica-scaling test (chatbot lengths, Poisson, on 1, 2 and 4 replicas: capacity
+per replica with routing ``slo`` (try-then-forward) against ``round_robin``, all
+``slos-serve``).
 
-    python benchmarks/slo_capacity.py [--duration 120] [--jobs 2] [--quick]
+    python benchmarks/slo_capacity.py [--duration 120] [--jobs 2] [--parts capacity burst scaling]
 
 Writes ``benchmarks/results/slo_capacity.json``.
 """
@@ -76,7 +80,7 @@ DEPLOYMENTS = {
 }
 SCENARIO_DEPLOYMENT = {"chatbot": "opt-13b-tp2", "coding": "opt-13b-tp2", "summarization": "opt-13b-tp2",
                        "mixed": "opt-13b-tp2", "tool_calling": "toolllama-7b", "reasoning": "r1-qwen-7b",
-                       "chatbot_bursty": "opt-13b-tp2"}
+                       "chatbot_bursty": "opt-13b-tp2", "chatbot_poisson": "opt-13b-tp2"}
 SCHED = SchedulerConfig(max_num_batched_tokens=8192, max_num_seqs=512)
 
 
@@ -113,13 +117,12 @@ def workload(scenario: str, rate: float, duration: float, seed: int) -> list[Ben
     if scenario in ("chatbot", "coding"):
         t, ins, outs = _trace_window("conv" if scenario == "chatbot" else "code",
                                      *((900, 1200) if scenario == "chatbot" else (1786, 2086)))
-        t = t * (len(t) / 300.0) / rate  # rescale the window's arrivals to the rate
+        t = t * (len(t) / 300.0) / rate  # the whole window, its arrivals rescaled to the rate
         slo = SLO_CLASSES[scenario]
-        return [BenchRequest(m, float(a), _cap(i, 1, 8192), _cap(o, 1, 2048), slo)
-                for a, i, o in zip(t, ins, outs) if a < duration]
-    if scenario == "chatbot_bursty":
+        return [BenchRequest(m, float(a), _cap(i, 1, 8192), _cap(o, 1, 2048), slo) for a, i, o in zip(t, ins, outs)]
+    if scenario in ("chatbot_bursty", "chatbot_poisson"):
         _, ins, outs = _trace_window("conv", 900, 1200)
-        t = _bursty(rate, duration, rng)
+        t = _bursty(rate, duration, rng) if scenario == "chatbot_bursty" else _poisson(rate, duration, rng)
         idx = rng.integers(0, len(ins), size=len(t))
         return [BenchRequest(m, float(a), _cap(ins[k], 1, 8192), _cap(outs[k], 1, 2048), SLO_CLASSES["chatbot"])
                 for a, k in zip(t, idx)]
@@ -222,8 +225,9 @@ def _good(r: dict) -> bool:
 
 def capacity(scenario: str, system: str, duration: float, seed: int = 0, replicas: int = 0,
              routing: str = "slo", lo: float = 0.05, hi: float = 32.0) -> dict:
-    """Highest rate (req/s; per replica with ``replicas``) meeting the capacity criterion, by
-    bisection; with every run made."""
+    """Highest rate (req/s; per replica with ``replicas``) meeting the capacity criterion:
+    doubling from 0.5 req/s to the first rate that fails (so no run is far past capacity),
+    then bisection; with every run made."""
     runs = []
 
     def probe(rate):
@@ -231,10 +235,17 @@ def capacity(scenario: str, system: str, duration: float, seed: int = 0, replica
         runs.append(r)
         return _good(r)
 
-    if not probe(lo):
-        return {"capacity": 0.0, "runs": runs}
-    if probe(hi):
-        return {"capacity": hi, "runs": runs}
+    rate = 0.5
+    if not probe(rate):
+        hi = rate
+        if not probe(lo):
+            return {"capacity": 0.0, "runs": runs}
+    else:
+        while rate < hi and probe(min(2 * rate, hi)):
+            rate = min(2 * rate, hi)
+        if rate >= hi:
+            return {"capacity": hi, "runs": runs}
+        lo, hi = rate, min(2 * rate, hi)
     while hi - lo > max(0.1, 0.04 * lo):
         mid = (lo + hi) / 2
         if probe(mid):
@@ -244,13 +255,21 @@ def capacity(scenario: str, system: str, duration: float, seed: int = 0, replica
     return {"capacity": lo, "runs": runs}
 
 
+BURST_RATES = (2.0, 4.0)
+
+
 def _task(args):
     kind, scenario, system, duration, extra = args
     t0 = time.perf_counter()
-    r = capacity(scenario, system, duration, **extra)
+    if kind == "burst":  # attainment at fixed mean rates, Poisson against bursty arrivals
+        r = {name: [run_once(sc, system, rate, duration) for rate in BURST_RATES]
+             for name, sc in (("poisson", "chatbot_poisson"), ("bursty", "chatbot_bursty"))}
+        summary = " ".join(f"{k} {[round(x['attainment'], 3) for x in v]}" for k, v in r.items())
+    else:
+        r = capacity(scenario, system, duration, **extra)
+        summary = f"capacity {r['capacity']:.2f}"
     r["wall_s"] = time.perf_counter() - t0
-    print(f"[{kind}] {scenario:15s} {system:11s} {json.dumps(extra)} capacity {r['capacity']:.2f} "
-          f"({r['wall_s']:.0f} s)", flush=True)
+    print(f"[{kind}] {scenario:15s} {system:11s} {json.dumps(extra)} {summary} ({r['wall_s']:.0f} s)", flush=True)
     return kind, scenario, system, extra, r
 
 
@@ -258,41 +277,48 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=120.0, help="seconds of arrivals per run")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--parts", nargs="*", default=["capacity", "burst", "scaling"],
+                    help="which parts to run; the others are kept from an existing result file")
     ap.add_argument("--scenarios", nargs="*", default=list(SCENARIOS))
     ap.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     ap.add_argument("--replicas", nargs="*", type=int, default=[1, 2, 4])
     ap.add_argument("--out", default="benchmarks/results/slo_capacity.json")
     args = ap.parse_args()
-    tasks = [("capacity", s, p, args.duration, {}) for s in args.scenarios for p in args.systems]
-    tasks += [("burst", "chatbot_bursty", p, args.duration, {}) for p in args.systems]
-    tasks += [("scaling", "chatbot_bursty", "slos-serve", args.duration, {"replicas": n, "routing": rt})
-              for n in args.replicas for rt in ("slo", "round_robin")]
+    tasks = []
+    if "capacity" in args.parts:
+        tasks += [("capacity", s, p, args.duration, {}) for s in args.scenarios for p in args.systems]
+    if "burst" in args.parts:
+        tasks += [("burst", "chatbot", p, args.duration, {}) for p in args.systems]
+    if "scaling" in args.parts:
+        tasks += [("scaling", "chatbot_poisson", "slos-serve", args.duration, {"replicas": n, "routing": rt})
+                  for n in args.replicas for rt in ("slo", "round_robin")]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(_task, tasks))
-    table: dict = {}
-    burst: dict = {}
-    scaling: dict = {}
+    old = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+    table: dict = old.get("capacity", {}) if "capacity" not in args.parts else {}
+    burst: dict = old.get("burst", {}) if "burst" not in args.parts else {}
+    scaling: dict = old.get("replica_scaling", {}) if "scaling" not in args.parts else {}
     for kind, scenario, system, extra, r in results:
         if kind == "capacity":
             gpus = DEPLOYMENTS[SCENARIO_DEPLOYMENT[scenario]][3]
             table.setdefault(scenario, {})[system] = {"capacity_rps": r["capacity"],
                                                      "per_gpu_rps": r["capacity"] / gpus, "runs": r["runs"]}
         elif kind == "burst":
-            burst[system] = {"capacity_rps": r["capacity"], "runs": r["runs"]}
+            burst[system] = {"rates": list(BURST_RATES), **r}
         else:
             scaling.setdefault(extra["routing"], {})[str(extra["replicas"])] = {
                 "capacity_rps_per_replica": r["capacity"], "runs": r["runs"]}
     ratios = {}
     for base in ("fcfs", "sarathi", "seallm"):
-        rs = [table[s]["slos-serve"]["capacity_rps"] / table[s][base]["capacity_rps"]
-              for s in table if base in table[s] and "slos-serve" in table[s] and table[s][base]["capacity_rps"] > 0]
-        if rs:
-            ratios[f"slos-serve/{base}"] = {"mean": statistics.mean(rs), "min": min(rs), "max": max(rs),
-                                            "per_scenario": {s: table[s]["slos-serve"]["capacity_rps"]
-                                                             / table[s][base]["capacity_rps"]
-                                                             for s in table if table[s].get(base, {}).get(
-                                                                 "capacity_rps", 0) > 0}}
+        per = {s: table[s]["slos-serve"]["capacity_rps"] / table[s][base]["capacity_rps"]
+               for s in table if "slos-serve" in table[s] and table[s].get(base, {}).get("capacity_rps", 0) > 0}
+        if per:
+            ratios[f"slos-serve/{base}"] = {"mean": statistics.mean(per.values()), "min": min(per.values()),
+                                            "max": max(per.values()), "per_scenario": per}
     result = {"benchmark": "slo_capacity", "duration_s": args.duration, "criterion":
               "attainment >= 0.9 and last finish within 20 s of the last deadline",
               "capacity": table, "ratios": ratios, "burst": burst, "replica_scaling": scaling,

@@ -40,7 +40,8 @@ class LLM:
         kv_cache_memory: bytes of the KV pool ("2GiB", 1 << 30). None on CUDA sizes the pool
             from free memory after loading the weights (``gpu_memory_utilization`` of it).
         dtype: "auto" (each checkpoint's own) or float32 / bfloat16 / float16 for all.
-        scheduling_policy: "seallm" (doubling budget, the default) or "fcfs" (vLLM-like).
+        scheduling_policy: "seallm" (doubling budget, the default), "fcfs" (vLLM-like),
+            "slos-serve" (SLO planner with soft admission) or "sarathi".
         policy_options: knobs of the policy (``seallm``: fields of ``SeaLLMConfig``).
         max_num_batched_tokens: per-iteration token budget (chunked prefill).
         max_num_seqs: most sequences per iteration.

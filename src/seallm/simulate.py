@@ -24,7 +24,7 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--config", help="YAML deployment file")
     d.add_argument("--kv-cache-memory", default=None, help="KV pool size, e.g. 2GiB (default: the deployment's)")
     d.add_argument("--scheduling-policy", nargs="+", default=None, metavar="POLICY",
-                   help="fcfs and/or seallm; several policies are compared on the same requests")
+                   help="fcfs, seallm, slos-serve and/or sarathi; several policies are compared on the same requests")
     d.add_argument("--max-num-batched-tokens", type=int, default=None, help="per-iteration token budget")
     d.add_argument("--max-num-seqs", type=int, default=None, help="most sequences per iteration")
     d.add_argument("--preemption-mode", default=None, choices=("recompute", "swap"),

@@ -20,7 +20,8 @@ class SimConfig:
     Attributes:
         models: resident models (KV shape + cost model each).
         kv_pages, page_size_bytes: the unified KV pool (pages, bytes per page).
-        scheduling_policy, policy_options: as in the deployment file (``fcfs`` | ``seallm``).
+        scheduling_policy, policy_options: as in the deployment file (``fcfs``, ``seallm``,
+            ``slos-serve``, ``sarathi``).
         scheduler: per-iteration limits (token budget, sequences) and preemption mode.
         swap_pages: host swap space in pages; swap_bandwidth: its copy rate, bytes/s.
         slo_scales: SLO attainment scales (E2E <= scale x served-alone latency).
