@@ -167,3 +167,19 @@ def test_try_then_forward_never_loses_a_request_and_beats_round_robin():
     assert att_f.guaranteed >= att_r.guaranteed
     one, att_1 = _cluster("slo", 1, reqs)
     assert att_f.guaranteed > att_1.guaranteed
+
+
+def test_one_planning_call_decides_at_most_max_new_per_plan_requests():
+    # Bounds the planner's time: the DP's state space grows with the undecided requests it
+    # considers (benchmarks/slo_planner_time.py measures the call).
+    from seallm.sched.policy import BatchLimits
+
+    pol = SLOsServePolicy(SLOsServeConfig(cost_models={"m": OPT13B}, max_new_per_plan=32))
+    rs = [Request(f"p{i}", "m", [5] * 200, SamplingParams(max_tokens=50), 0.001 * i,
+                  slo=SLO(ttft_slowdown=5.0, tpot=0.1)) for i in range(100)]
+    for r in rs:
+        pol.on_arrival(r, r.arrival_time)
+    pol.plan("m", 0.2, BatchLimits(8192, 512, 10**6, lambda rid: 0, lambda m, n: (n + 15) // 16))
+    decided = [r for r in rs if pol._state[r.request_id].admission is not None]
+    assert len(decided) == 32
+    assert {r.request_id for r in decided} == {f"p{i}" for i in range(32)}  # earliest deadlines first
