@@ -104,22 +104,11 @@ def simulate_device(
     Raises:
         ValueError: a request of a model not in ``models``, or ``max_steps`` exceeded.
     """
-    spec = ReplicaSpec(models=tuple(ReplicaModel(m.name, m.kv_spec, m.weights_bytes, m.pinned) for m in models),
-                       kv_cache_bytes=kv_pages * page_size_bytes, device="simulated", page_size_bytes=page_size_bytes,
-                       swap_space_bytes=swap_pages * page_size_bytes, scheduler=scheduler_config or SchedulerConfig(),
-                       max_resident_models=max_resident_models, weights_memory_bytes=weights_memory_bytes,
-                       residency_policy=residency_policy, residency_preempt_after=residency_preempt_after)
-    replica = simulated_replica(spec, {m.name: m.cost_model for m in models}, {m.name: m for m in models},
-                                policy=policy,
-                                swap_bandwidth=swap_bandwidth, disk_bandwidth=disk_bandwidth,
-                                host_cache_bandwidth=host_cache_bandwidth)
-    known = {m.name for m in models}
-    arrived, token_times, finish, refused = serve_replicas(requests, [replica], known, max_steps=max_steps)
-    core = replica.core
-    sched = core.scheduler
-    return DeviceResult(records_of(requests, arrived, token_times, finish, refused), core.num_steps,
-                        core.executor.busy_s, sched.num_preemptions, replica.now, sched.num_swap_outs,
-                        num_loads=core.executor.num_loads)
+    return simulate_replicas(requests, models, lambda: policy, 1, kv_pages, page_size_bytes, scheduler_config,
+                             max_steps=max_steps, swap_pages=swap_pages, swap_bandwidth=swap_bandwidth,
+                             max_resident_models=max_resident_models, weights_memory_bytes=weights_memory_bytes,
+                             residency_policy=residency_policy, residency_preempt_after=residency_preempt_after,
+                             disk_bandwidth=disk_bandwidth, host_cache_bandwidth=host_cache_bandwidth)
 
 
 def simulate_replicas(
@@ -132,15 +121,23 @@ def simulate_replicas(
     scheduler_config: SchedulerConfig | None = None,
     routing_policy: str = "round_robin",
     max_steps: int = 50_000_000,
+    swap_pages: int = 0,
+    swap_bandwidth: float = 25e9,
+    max_resident_models: int | None = None,
+    weights_memory_bytes: int | None = None,
+    residency_policy: str = "seallm",
+    residency_preempt_after: float | None = 1.0,
+    disk_bandwidth: float = 2e9,
+    host_cache_bandwidth: float = 25e9,
 ) -> DeviceResult:
-    """Serve ``requests`` on ``num_replicas`` identical simulated replicas (each with every
-    model resident, its own KV pool of ``kv_pages`` pages and its own policy from
-    ``policy_factory``) behind a :class:`~seallm.cluster.router.Router` with
+    """Serve ``requests`` on ``num_replicas`` identical simulated replicas (each its own KV
+    pool of ``kv_pages`` pages, its own policy from ``policy_factory``, and the device
+    options of :func:`simulate_device`) behind a :class:`~seallm.cluster.router.Router` with
     ``routing_policy`` (``slo``: try-then-forward on the replicas' SLO planners).
 
     Returns:
-        The records and the totals over the replicas (steps, busy seconds, preemptions);
-        ``makespan_s`` is the latest replica clock.
+        The records and the totals over the replicas (steps, busy seconds, preemptions,
+        swap-outs, loads); ``makespan_s`` is the latest replica clock.
 
     Raises:
         ValueError: fewer than one replica, an unknown routing policy, or as
@@ -151,15 +148,19 @@ def simulate_replicas(
     router = Router(routing_policy)
     spec = ReplicaSpec(models=tuple(ReplicaModel(m.name, m.kv_spec, m.weights_bytes, m.pinned) for m in models),
                        kv_cache_bytes=kv_pages * page_size_bytes, device="simulated", page_size_bytes=page_size_bytes,
-                       scheduler=scheduler_config or SchedulerConfig())
+                       swap_space_bytes=swap_pages * page_size_bytes, scheduler=scheduler_config or SchedulerConfig(),
+                       max_resident_models=max_resident_models, weights_memory_bytes=weights_memory_bytes,
+                       residency_policy=residency_policy, residency_preempt_after=residency_preempt_after)
     reps = [simulated_replica(spec, {m.name: m.cost_model for m in models}, {m.name: m for m in models},
-                              policy=policy_factory()) for _ in range(num_replicas)]
+                              policy=policy_factory(), swap_bandwidth=swap_bandwidth, disk_bandwidth=disk_bandwidth,
+                              host_cache_bandwidth=host_cache_bandwidth) for _ in range(num_replicas)]
     known = {m.name for m in models}
     arrived, token_times, finish, refused = serve_replicas(requests, reps, known, router, max_steps)
     return DeviceResult(records_of(requests, arrived, token_times, finish, refused),
                         sum(r.core.num_steps for r in reps), sum(r.core.executor.busy_s for r in reps),
                         sum(r.core.scheduler.num_preemptions for r in reps), max(r.now for r in reps),
-                        sum(r.core.scheduler.num_swap_outs for r in reps))
+                        sum(r.core.scheduler.num_swap_outs for r in reps),
+                        num_loads=sum(r.core.executor.num_loads for r in reps))
 
 
 def records_of(requests: Sequence[BenchRequest], arrived: dict[str, float], token_times: dict[str, list[float]],
