@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     else:
+        from seallm.place import add_place_parser
+
         add_bench_parser(sub)
         add_simulate_parser(sub)
+        add_place_parser(sub)
     return parser
 
 

@@ -70,6 +70,7 @@ class ReplicaEntry:
     name: str
     models: tuple[str, ...] = ()
     device: str | None = None
+    tensor_parallel_size: int | None = None
     kv_cache_memory: str | int | None = None
     swap_space: str | int | None = None
     max_resident_models: int | None = None
@@ -94,6 +95,9 @@ class DeploymentConfig:
     Attributes:
         models: the served models.
         device: "cpu" or "cuda[:i]".
+        tensor_parallel_size: devices of the group a replica runs on. Only 1 is served
+            today: ``seallm place`` writes the degree it planned, and a file asking for more
+            is refused with a clear error until the engine runs tensor parallelism.
         kv_cache_memory: KV pool size ("2GiB"); None sizes it from free GPU memory.
         page_size_bytes: KV page size; None derives it from the models.
         scheduling_policy: "seallm" (doubling budget; the default), "fcfs" (vLLM-like
@@ -166,6 +170,7 @@ class DeploymentConfig:
 
     models: tuple[ModelEntry, ...]
     device: str = "cpu"
+    tensor_parallel_size: int = 1
     kv_cache_memory: str | int | None = "1GiB"
     page_size_bytes: int | None = None
     scheduling_policy: str = "seallm"
@@ -209,6 +214,12 @@ class DeploymentConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         SchedulerConfig(self.max_num_batched_tokens, self.max_num_seqs, self.preemption_mode)  # validates
+        if not isinstance(self.tensor_parallel_size, int) or self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be a positive integer, got {self.tensor_parallel_size!r}")
+        if self.tensor_parallel_size > 1:
+            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size}: the engine does not run tensor "
+                             "parallelism yet (the cluster simulator and `seallm place` plan it); serve groups of "
+                             "one device")
         parse_bytes(self.swap_space)  # validates
         if self.kv_cache_memory is not None:
             parse_bytes(self.kv_cache_memory)

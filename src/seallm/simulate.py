@@ -1,5 +1,11 @@
 """``seallm simulate``: plan a deployment on a simulated device with the real scheduler code.
 
+Cluster mode (``--cluster FILE`` or ``--cluster default``) simulates a whole cluster
+instead: every system of ``--systems`` (seallm, vllm, alpaserve, muxserve) places the
+cluster file's services with its own algorithm and serves the same requests; the table
+gives normalized latency, P50/P99 latency, TTFT/TPOT tails and SLO attainment per system,
+with the ratios to seallm (see ``seallm place`` for the placement alone).
+
 The device runs the same ``Scheduler`` and policy as ``seallm serve``; only the forward
 passes are replaced by a cost model: a profile written by ``seallm profile`` for a model
 (max-affine fit of measured step times), or the one ``seallm serve`` refits online and keeps
@@ -45,10 +51,22 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--device", default="cpu",
                    help="device for models without a profile (roofline) and for swap copies (host link): "
                         "a100-80gb, h100-sxm, h200 or cpu (this CPU, micro-benchmarked) (default cpu)")
-    add_workload_args(p)
+    k = p.add_argument_group("cluster mode")
+    k.add_argument("--cluster", default=None, metavar="FILE",
+                   help="a cluster file (YAML: devices, services, workload), or 'default' (32 H100s, 19 LLaMA "
+                        "models, Azure traces); the workload options below then come from the file, except "
+                        "--duration, --rate-scale, --seed and --slo-scales")
+    k.add_argument("--systems", nargs="+", default=None, metavar="SYSTEM",
+                   help="systems to compare: seallm vllm alpaserve muxserve (default: all)")
+    k.add_argument("--sweep-rate-scales", nargs="+", type=float, default=None, metavar="X",
+                   help="also run every system at these rate scales (table per scale; latency-vs-rate plot)")
+    k.add_argument("--plot-dir", default=None, metavar="DIR", help="write PNG plots there")
+    k.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_workload_args(p, required=False)
     m = p.add_argument_group("metrics and output")
-    m.add_argument("--slo-scales", nargs="+", type=float, default=[5.0, 10.0], metavar="SCALE",
-                   help="SLO scales: E2E <= scale x served-alone latency on the simulated device (default 5 10)")
+    m.add_argument("--slo-scales", nargs="+", type=float, default=None, metavar="SCALE",
+                   help="SLO scales: E2E <= scale x served-alone latency on the simulated device "
+                        "(default 5 10; cluster mode: the file's, 2 5 10 by default)")
     m.add_argument("--output", default=None, metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=run_simulate)
 
@@ -150,8 +168,65 @@ def sim_config_from_args(args: argparse.Namespace):
     return dep, out
 
 
+def run_cluster_simulate(args: argparse.Namespace) -> int:
+    """``seallm simulate --cluster``: every system on the same requests. Returns 0, or 2 on bad input."""
+    from tqdm import tqdm
+
+    from seallm.cluster.config import load_cluster
+    from seallm.sim.compare import compare_systems, format_comparison, plot_comparison
+
+    if args.trace or args.models:
+        print("error: --cluster takes its workload from the cluster file (not --trace / --models)", file=sys.stderr)
+        return 2
+    systems = args.systems or ["seallm", "vllm", "alpaserve", "muxserve"]
+    try:
+        cfg = load_cluster(args.cluster).with_overrides(args.duration, args.rate_scale,
+                                                        tuple(args.slo_scales) if args.slo_scales else None)
+        scales = [cfg.workload.rate_scale] + [x for x in args.sweep_rate_scales or [] if x != cfg.workload.rate_scale]
+        bar = tqdm(total=len(scales) * len(systems), desc="simulating", unit="system", disable=args.no_progress,
+                   file=sys.stderr)
+        runs = {}
+        for x in scales:
+            c = cfg.with_overrides(rate_scale=x)
+            runs[x] = compare_systems(c, systems, args.seed, on_done=lambda name: bar.update(1))
+        bar.close()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    c = cfg.cluster
+    out = {"cluster": {"device": c.device, "num_nodes": c.num_nodes, "devices_per_node": c.devices_per_node,
+                       "services": {s.name: s.arch.name for s in cfg.services}},
+           "slo_scales": list(cfg.slo_scales), "rate_scale": cfg.workload.rate_scale, "sweep": {}}
+    for x in scales:
+        res = runs[x]
+        n = len(next(iter(res.values())).run.records)
+        print(f"\n== rate scale {x:g}: {n} requests over {cfg.with_overrides(rate_scale=x).workload.replay_s:.0f} s, "
+              f"{c.num_nodes} x {c.devices_per_node} {c.device}")
+        print(format_comparison(res, cfg.slo_scales))
+        summ = {name: r.summary() for name, r in res.items()}
+        out["sweep"][str(x)] = summ
+        if x == cfg.workload.rate_scale:
+            out["systems"] = summ
+    if args.plot_dir:
+        sweep = {x: {n: r.summary() for n, r in runs[x].items()} for x in scales} if len(scales) > 1 else None
+        for path in plot_comparison(runs[scales[0]], cfg.slo_scales, args.plot_dir, sweep):
+            print(f"wrote {path}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     """Run ``seallm simulate``: one table per policy, JSON on request. Returns 0, or 2 on bad input."""
+    if args.cluster:
+        return run_cluster_simulate(args)
+    if not (args.trace or args.models):
+        print("error: give --trace or --models (or --cluster FILE)", file=sys.stderr)
+        return 2
+    if args.slo_scales is None:
+        args.slo_scales = [5.0, 10.0]
     from seallm.bench.cli import workload_from_args
     from seallm.bench.table import format_table
     from seallm.models.config import CheckpointError

@@ -53,10 +53,11 @@ def _model_values(items: list[str] | None, flag: str) -> dict[str, float]:
     return out
 
 
-def add_workload_args(p: argparse.ArgumentParser) -> None:
-    """Add the workload options shared by ``seallm bench`` and ``seallm simulate``."""
+def add_workload_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """Add the workload options shared by ``seallm bench`` and ``seallm simulate``
+    (``required``: one of --trace / --models must be given)."""
     w = p.add_argument_group("workload (give --trace or --models)")
-    src = w.add_mutually_exclusive_group(required=True)
+    src = w.add_mutually_exclusive_group(required=required)
     src.add_argument("--trace", action="append", metavar="TRACE=MODEL",
                      help="replay an Azure 2023 trace (chat|conv|code, or a CSV path) as MODEL's traffic; repeatable")
     src.add_argument("--models", nargs="+", metavar="MODEL",

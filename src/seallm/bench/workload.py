@@ -33,6 +33,7 @@ __all__ = [
     "azure_workload",
     "build_workload",
     "power_law_rates",
+    "split_services",
     "synthetic_workload",
 ]
 
@@ -301,6 +302,38 @@ def synthetic_workload(spec: SyntheticWorkload, seed: int = 0) -> list[BenchRequ
     if not reqs:
         raise WorkloadError("the synthetic workload is empty (duration too short for the rate?)")
     return reqs
+
+
+def split_services(requests: Sequence[BenchRequest], services: Sequence[str], alpha: float = 0.9, seed: int = 0,
+                   drift_period_s: float | None = None) -> list[BenchRequest]:
+    """Split one stream of requests (e.g. an Azure trace) into per-model services: each
+    request goes to ``services[i]`` with probability ``(rank_i + 1)^-alpha / Z``, where the
+    ranks are the list order (``services[0]`` most popular) and, with ``drift_period_s``,
+    rotate by one every period (popularity that moves between models over time: in period
+    ``e`` service ``i`` has rank ``(i + e) mod N``). Arrival times and lengths are kept;
+    deterministic for a ``seed``.
+
+    Raises:
+        WorkloadError: no service, duplicate names, a non-finite ``alpha`` or a non-positive
+            period.
+    """
+    if not services:
+        raise WorkloadError("at least one service is needed")
+    if len(set(services)) != len(services):
+        raise WorkloadError(f"services must be distinct, got {list(services)}")
+    if not math.isfinite(alpha):
+        raise WorkloadError(f"alpha must be finite, got {alpha}")
+    if drift_period_s is not None and not drift_period_s > 0:
+        raise WorkloadError(f"drift period must be > 0 s, got {drift_period_s}")
+    n = len(services)
+    p = power_law_rates(n, 1.0, alpha)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E41]))
+    ranks = rng.choice(n, size=len(requests), p=p)
+    out = []
+    for r, rank in zip(requests, ranks):
+        shift = int(r.arrival_s // drift_period_s) if drift_period_s else 0
+        out.append(BenchRequest(services[(int(rank) - shift) % n], r.arrival_s, r.input_len, r.output_len, r.slo))
+    return out
 
 
 def build_workload(workload: Workload, seed: int = 0) -> list[BenchRequest]:

@@ -18,6 +18,9 @@ class DeviceSpec:
         memory_bytes: device memory (bytes).
         step_overhead_s: fixed cost of one iteration (launches, Python), s.
         host_link_bandwidth: bytes/s between device and host memory (KV swapping).
+        interconnect_bandwidth: bytes/s of one device's link to its peers in a node
+            (tensor-parallel all-reduce; NCCL "bus bandwidth"); 0: no peer link.
+        interconnect_latency_s: fixed cost of one all-reduce (s).
     """
 
     name: str
@@ -26,6 +29,8 @@ class DeviceSpec:
     memory_bytes: int
     step_overhead_s: float = 0.0
     host_link_bandwidth: float = 25e9
+    interconnect_bandwidth: float = 0.0
+    interconnect_latency_s: float = 0.0
 
     def flops(self, dtype_bytes: int) -> float:
         return self.peak_flops.get(dtype_bytes) or min(self.peak_flops.values())
@@ -33,10 +38,13 @@ class DeviceSpec:
 
 # NVIDIA datasheets (dense, no sparsity). fp32 matmuls run as TF32 on tensor cores.
 # Host links: PCIe 4.0 x16 (A100) and PCIe 5.0 x16 (H100/H200), about 25 and 50 GB/s in practice.
+# Peer links: NVLink 3 (A100, 600 GB/s both ways) and NVLink 4 (H100/H200, 900 GB/s); an
+# all-reduce reaches about 230 and 360 GB/s of NCCL bus bandwidth on 8-GPU nodes, and costs
+# about 10 us of latency for the small messages of decoding.
 DEVICES: dict[str, DeviceSpec] = {
-    "a100-80gb": DeviceSpec("a100-80gb", {2: 312e12, 4: 156e12}, 2.039e12, 80 << 30, 3e-3, 25e9),
-    "h100-sxm": DeviceSpec("h100-sxm", {2: 989e12, 4: 495e12}, 3.35e12, 80 << 30, 2e-3, 50e9),
-    "h200": DeviceSpec("h200", {2: 989e12, 4: 495e12}, 4.8e12, 141 << 30, 2e-3, 50e9),
+    "a100-80gb": DeviceSpec("a100-80gb", {2: 312e12, 4: 156e12}, 2.039e12, 80 << 30, 3e-3, 25e9, 230e9, 10e-6),
+    "h100-sxm": DeviceSpec("h100-sxm", {2: 989e12, 4: 495e12}, 3.35e12, 80 << 30, 2e-3, 50e9, 360e9, 10e-6),
+    "h200": DeviceSpec("h200", {2: 989e12, 4: 495e12}, 4.8e12, 141 << 30, 2e-3, 50e9, 360e9, 10e-6),
 }
 
 

@@ -41,16 +41,38 @@ class ModelShape:
 
 
 class RooflineCostModel:
-    """Predicted step time (s) of ``shape`` on ``device``.
+    """Predicted step time (s) of ``shape`` on ``device``, or on a group of
+    ``tensor_parallel_size`` such devices in one node.
 
     FLOPs: 2 x layer params x batch tokens + 4 x layers x heads x head_dim x query-key pairs
     + 2 x vocab x hidden x sampled rows. Bytes: all weights once + KV read (context tokens)
-    + KV written (batch tokens).
+    + KV written (batch tokens). With tensor parallelism (Megatron-LM's split: attention
+    heads and MLP columns across devices) each device does ``1/tp`` of both, and every layer
+    adds two all-reduces of ``batch tokens x hidden`` elements, each taking
+    ``2 (tp-1)/tp x bytes / interconnect_bandwidth + interconnect_latency_s`` (ring
+    all-reduce).
+
+    Raises:
+        ValueError: ``tensor_parallel_size < 1``, or above 1 on a device without a peer link.
     """
 
-    def __init__(self, shape: ModelShape, device: DeviceSpec) -> None:
+    def __init__(self, shape: ModelShape, device: DeviceSpec, tensor_parallel_size: int = 1) -> None:
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        if tensor_parallel_size > 1 and not device.interconnect_bandwidth > 0:
+            raise ValueError(f"device {device.name!r} has no peer link for tensor parallelism")
         self.shape = shape
         self.device = device
+        self.tensor_parallel_size = tensor_parallel_size
+
+    def all_reduce_time(self, b: BatchShape) -> float:
+        """Seconds of the step's all-reduces (0 without tensor parallelism)."""
+        tp = self.tensor_parallel_size
+        if tp == 1:
+            return 0.0
+        d, s = self.device, self.shape
+        one = 2 * (tp - 1) / tp * b.num_tokens * s.hidden_size * s.dtype_bytes / d.interconnect_bandwidth
+        return 2 * s.num_layers * (one + d.interconnect_latency_s)
 
     def flops(self, b: BatchShape) -> float:
         s = self.shape
@@ -62,6 +84,6 @@ class RooflineCostModel:
         return s.weights_bytes + s.kv_bytes_per_token * (b.num_context_tokens + b.num_tokens)
 
     def step_time(self, batch: BatchShape) -> float:
-        d = self.device
-        return max(self.flops(batch) / d.flops(self.shape.dtype_bytes), self.bytes(batch) / d.memory_bandwidth) \
-            + d.step_overhead_s
+        d, tp = self.device, self.tensor_parallel_size
+        return max(self.flops(batch) / d.flops(self.shape.dtype_bytes), self.bytes(batch) / d.memory_bandwidth) / tp \
+            + self.all_reduce_time(batch) + d.step_overhead_s

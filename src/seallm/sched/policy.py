@@ -28,6 +28,7 @@ class BatchLimits:
         free_pages: free device KV pages of the unified pool now.
         pages_of: request id -> device pages it holds.
         pages_for: (model, tokens) -> pages that many tokens of the model take.
+        total_pages: device pages of the unified pool (0: not known).
     """
 
     token_budget: int
@@ -35,6 +36,7 @@ class BatchLimits:
     free_pages: int
     pages_of: Callable[[str], int]
     pages_for: Callable[[str, int], int]
+    total_pages: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,18 +117,20 @@ class SchedulingPolicy(ABC):
         """Forget per-request state. Default: nothing."""
 
 
-POLICIES = ("fcfs", "seallm", "slos-serve", "sarathi")
+POLICIES = ("fcfs", "seallm", "slos-serve", "sarathi", "muxserve")
 
 
 def make_policy(name: str, options: dict | None = None) -> SchedulingPolicy:
     """Policy by name: ``"fcfs"`` (vLLM-like baseline), ``"seallm"`` (doubling budget),
     ``"slos-serve"`` (SLO planner with soft admission) or ``"sarathi"`` (chunked prefill
-    with a token budget sized to the tightest TPOT).
+    with a token budget sized to the tightest TPOT) or ``"muxserve"`` (MuxServe's ADBS
+    quotas, a baseline).
 
     ``options`` are the policy's knobs (for ``seallm``: the fields of
     :class:`~seallm.sched.seallm.SeaLLMConfig`; ``seeds`` maps model -> ProfileSeed fields;
     for ``slos-serve`` and ``sarathi``: the fields of
-    :class:`~seallm.sched.slos_serve.SLOsServeConfig`).
+    :class:`~seallm.sched.slos_serve.SLOsServeConfig`; for ``muxserve``: the fields of
+    :class:`~seallm.sched.muxserve.ADBSConfig`).
 
     Raises:
         ValueError: an unknown name (listing the known ones) or an unknown / invalid option.
@@ -156,4 +160,11 @@ def make_policy(name: str, options: dict | None = None) -> SchedulingPolicy:
         except TypeError as e:
             raise ValueError(f"invalid option for policy {name!r}: {e}") from None
         return SLOsServePolicy(config) if name == "slos-serve" else SarathiPolicy(config)
+    if name == "muxserve":
+        from seallm.sched.muxserve import ADBSConfig, ADBSPolicy
+
+        try:
+            return ADBSPolicy(ADBSConfig(**options))
+        except TypeError as e:
+            raise ValueError(f"invalid option for policy 'muxserve': {e}") from None
     raise ValueError(f"unknown scheduling policy {name!r}; known: {list(POLICIES)}")

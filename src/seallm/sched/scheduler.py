@@ -201,7 +201,7 @@ class Scheduler:
         """What an iteration may hold now (:meth:`SchedulingPolicy.allocate` reads it)."""
         cfg = self.config
         return BatchLimits(cfg.max_num_batched_tokens, cfg.max_num_seqs, self.kv.pool.num_free,
-                           self.kv.num_pages_of, self.kv.pages_needed)
+                           self.kv.num_pages_of, self.kv.pages_needed, self.kv.pool.num_pages)
 
     def schedule(self, now: float) -> StepPlan | None:
         """Plan the next iteration, or None when no model has runnable work. Requests the

@@ -191,7 +191,8 @@ def records_of(requests: Sequence[BenchRequest], arrived: dict[str, float], toke
 
 
 def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[SimulatedReplica], known: set[str],
-                   router: Router | None = None, max_steps: int = 50_000_000):
+                   router: Router | None = None, max_steps: int = 50_000_000,
+                   models_of: Sequence[frozenset[str]] | None = None):
     """Drive simulated replicas through a workload by events, as a front end drives live ones.
 
     The replica furthest behind in simulated time steps next; an arrival is delivered once
@@ -205,6 +206,9 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
         ``(arrived, token_times, finish, refused)`` keyed by request id (the workload index
         as a string): arrival time (s), every token's time (s), ``(finish time, reason,
         admission)``, and the error of a request that failed on its last try.
+
+    ``models_of``: per replica, the models it serves (default: every replica serves all of
+    ``known``); the router only picks among the replicas that serve a request's model.
 
     Raises:
         ValueError: a request of an unknown model or following an unknown request, a stall,
@@ -238,8 +242,12 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
         for j in followers.get(int(rid), ()):
             push(t + requests[j].tool_delay_s, j, 0)
 
+    served = list(models_of) if models_of is not None else [frozenset(known)] * len(replicas)
+    if len(served) != len(replicas):
+        raise ValueError(f"models_of has {len(served)} entries for {len(replicas)} replicas")
+
     def views() -> list[ReplicaView]:
-        return [ReplicaView(str(n), frozenset(known), frozenset(known), True, rep.core.scheduler.num_running()
+        return [ReplicaView(str(n), served[n], served[n], True, rep.core.scheduler.num_running()
                             + rep.core.scheduler.num_waiting()) for n, rep in enumerate(replicas)]
 
     while True:
@@ -252,6 +260,8 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
             rid = str(i)
             if k == 0:
                 tries[i] = [0] if router is None else router.try_order(b.model, views())
+                if not tries[i]:
+                    raise ValueError(f"no replica serves model {b.model!r}")
                 arrived[rid] = t_arr
                 token_times[rid] = []
             order = tries[i]
