@@ -67,6 +67,7 @@ class ReplicaCore:
                  residency: ResidencyManager | None = None) -> None:
         self.scheduler = scheduler
         self.executor = executor
+        self._loads = isinstance(executor, ModelLoader)  # checked once: a Protocol isinstance is slow
         self.clock = clock or WallClock()
         self.residency = residency
         self.num_steps = 0
@@ -127,14 +128,14 @@ class ReplicaCore:
     def _check_dynamic(self, model: str) -> None:
         if model not in self.scheduler.specs:
             raise ValueError(f"unknown model {model!r}; models: {sorted(self.scheduler.specs)}")
-        if self.residency is None or not isinstance(self.executor, ModelLoader):
+        if self.residency is None or not self._loads:
             raise ValueError("this replica's executor cannot load or unload models")
 
     def _manage_residency(self) -> list[Request]:
         """Apply finished loads, then this boundary's evictions and next load; returns the
         requests finished here (aborted by a forced unload, or failed with a failed load)."""
         rm, sched = self.residency, self.scheduler
-        if rm is None or not isinstance(self.executor, ModelLoader):
+        if rm is None or not self._loads:
             return []
         now = self.clock.now()
         out: list[Request] = []

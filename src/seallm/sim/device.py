@@ -250,10 +250,21 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
         return [ReplicaView(str(n), served[n], served[n], True, rep.core.scheduler.num_running()
                             + rep.core.scheduler.num_waiting()) for n, rep in enumerate(replicas)]
 
+    # each replica's next event time, kept in a heap with stale entries skipped: only the
+    # replica that stepped or was handed a request can change its time
+    nxt: list[float | None] = [rep.next_event_time() for rep in replicas]
+    events = [(t, n) for n, t in enumerate(nxt) if t is not None]
+    heapq.heapify(events)
+
+    def refresh(n: int) -> None:
+        t = nxt[n] = replicas[n].next_event_time()
+        if t is not None:
+            heapq.heappush(events, (t, n))
+
     while True:
-        ev = [(rep.next_event_time(), n) for n, rep in enumerate(replicas)]
-        ev = [(t, n) for t, n in ev if t is not None]
-        t_rep, n = min(ev) if ev else (None, None)
+        while events and events[0][0] != nxt[events[0][1]]:
+            heapq.heappop(events)  # stale
+        t_rep, n = events[0] if events else (None, None)
         if arrivals and (t_rep is None or arrivals[0][0] <= t_rep):
             t_arr, _, i, k = heapq.heappop(arrivals)
             b = requests[i]
@@ -271,6 +282,7 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
             rep.submit(AddRequest(rid, b.model, [5] * b.input_len,
                                   SamplingParams(max_tokens=b.output_len, ignore_eos=True, temperature=0.0),
                                   arrived[rid], slo=b.slo, admission_mode=None if k == len(order) - 1 else "reject"))
+            refresh(order[k])
             continue
         if t_rep is None:
             if any(rep.core.has_unfinished() for rep in replicas):
@@ -280,6 +292,7 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
         if t_rep > rep.now:  # only a load under way: jump to its end
             rep.advance_to(t_rep)
         rep.step()
+        refresh(n)
         t = rep.now
         for out in rep.outputs():
             for d in out.deltas:
