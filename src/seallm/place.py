@@ -52,7 +52,7 @@ def run_place(args: argparse.Namespace) -> int:
         cfg = load_cluster(args.config).with_overrides(args.duration, args.rate_scale)
         requests = cfg.workload.requests([s.name for s in cfg.services], args.seed)
         loads = service_loads(requests, cfg.archs, cfg.workload.replay_s)
-        plan = PLACEMENTS[args.algorithm](loads, cfg.cluster)
+        plan = PLACEMENTS[args.algorithm](loads, cfg.cluster, chunk_tokens=cfg.scheduler.max_num_batched_tokens)
         plan.check(cfg.cluster, cfg.archs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

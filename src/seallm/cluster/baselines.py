@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 
 from seallm.cluster.estimate import ServiceLoad
-from seallm.cluster.placement import Scorer, _Assignment, groups_of, node_partitions
+from seallm.cluster.placement import DEFAULT_CHUNK_TOKENS, Scorer, _Assignment, groups_of, node_partitions
 from seallm.cluster.spec import ClusterSpec, PlacementPlan
 from seallm.cost import BatchShape
 
@@ -76,8 +76,8 @@ class _MuxThroughput:
         return sum(self.scorer.services[n].rate for n in members) * min(1.0, 1.0 / u) if u > 0 else 0.0
 
 
-def place_muxserve(services: Sequence[ServiceLoad], cluster: ClusterSpec,
-                   max_candidates: int = 2000) -> PlacementPlan:
+def place_muxserve(services: Sequence[ServiceLoad], cluster: ClusterSpec, max_candidates: int = 2000,
+                   chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> PlacementPlan:
     """MuxServe's enumeration-based greedy placement (§3.4): for every mesh group (a
     multiset of node partitions, at most ``max_candidates`` in enumeration order), place the
     LLMs by rate x compute weight (weight bytes) descending, each on the feasible mesh with
@@ -85,13 +85,14 @@ def place_muxserve(services: Sequence[ServiceLoad], cluster: ClusterSpec,
     keep the mesh group with the largest total served rate, weighted by compute weight
     (ties, common when every candidate serves all rates: the lowest load ``U`` of its most
     loaded mesh, MuxServe's fairness goal; then the first enumerated). One
-    placement per LLM (no replicas); the placement is static.
+    placement per LLM (no replicas); the placement is static. ``chunk_tokens``: the
+    scheduler's token budget (for the predicted latencies of the plan).
 
     Raises:
         ValueError: no mesh group holds every LLM.
     """
     t0 = time.perf_counter()
-    scorer = Scorer(cluster, services)
+    scorer = Scorer(cluster, services, chunk_tokens=chunk_tokens)
     thr = _MuxThroughput(scorer)
     weight = {s.name: s.arch.weights_bytes for s in services}
     order = sorted(services, key=lambda s: -s.rate * weight[s.name])
@@ -134,20 +135,21 @@ def place_muxserve(services: Sequence[ServiceLoad], cluster: ClusterSpec,
     return a.plan("muxserve", time.perf_counter() - t0)
 
 
-def place_alpaserve(services: Sequence[ServiceLoad], cluster: ClusterSpec, slo_scale: float = 5.0) -> PlacementPlan:
+def place_alpaserve(services: Sequence[ServiceLoad], cluster: ClusterSpec, slo_scale: float = 5.0,
+                    chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> PlacementPlan:
     """AlpaServe's ``mp-search`` (§4.2) with tensor parallelism only: for every group size
     (a power of two up to a node), split the cluster into equal groups, fill them by
     ``replica_placement_fast_greedy`` (repeat: rank models by unserved rate ``rate x (1 -
     goodput)`` descending and groups by served rate ascending, add the first (group, model)
     pair not yet placed whose weights and KV floor fit; until nothing fits), and score it
     ``goodput - mean latency / 1e4 + replicas / 1e6``; keep the best. SLO = ``slo_scale``
-    x the model's served-alone latency.
+    x the model's served-alone latency; ``chunk_tokens``: the scheduler's token budget.
 
     Raises:
         ValueError: no group size holds every model.
     """
     t0 = time.perf_counter()
-    scorer = Scorer(cluster, services)
+    scorer = Scorer(cluster, services, chunk_tokens=chunk_tokens)
     slo = {s.name: slo_scale * scorer.alone_s(s.name) for s in services}
     total_rate = sum(s.rate for s in services) or 1.0
     best = None

@@ -21,7 +21,7 @@ Format (every key optional except ``services``; ``default`` is the built-in file
       max_input_len: 1024          # length caps (tokens)
       max_output_len: 1024
     slo_scales: [2, 5, 10]
-    scheduler: {max_num_batched_tokens: 512, max_num_seqs: 256}
+    scheduler: {max_num_batched_tokens: 2048, max_num_seqs: 256}   # vLLM V1's online defaults
 """
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ from typing import Any
 from seallm.bench.workload import (AzureWorkload, BenchRequest, LengthConfig, SyntheticWorkload, WorkloadError,
                                    build_workload, split_services)
 from seallm.cluster.catalog import CatalogModel, catalog_model
+from seallm.cluster.placement import DEFAULT_CHUNK_TOKENS
 from seallm.cluster.spec import ClusterSpec
 from seallm.sched import SchedulerConfig
+
+#: Iteration limits of every group unless a cluster file says otherwise: vLLM V1's online
+#: serving defaults on GPUs (a 2048-token chunked-prefill budget, 256 sequences).
+DEFAULT_SCHEDULER = SchedulerConfig(DEFAULT_CHUNK_TOKENS, 256)
 
 #: MuxServe's synthetic mix (multi-model-sharing.md §3.5): 12 x 7B, 4 x 13B, 2 x 30B, 1 x 65B.
 DEFAULT_MIX = (("LLaMA-7B", 12), ("LLaMA-13B", 4), ("LLaMA-30B", 2), ("LLaMA-65B", 1))
@@ -110,7 +115,7 @@ class ClusterConfig:
     services: tuple[ServiceEntry, ...]
     workload: ClusterWorkload = field(default_factory=ClusterWorkload)
     slo_scales: tuple[float, ...] = (2.0, 5.0, 10.0)
-    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(512, 256))
+    scheduler: SchedulerConfig = DEFAULT_SCHEDULER
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.services]
@@ -224,7 +229,7 @@ def load_cluster(path: str) -> ClusterConfig:
         skeys = {f.name for f in fields(SchedulerConfig)}
         if set(sched) - skeys:
             raise ValueError(f"scheduler: unknown keys {sorted(set(sched) - skeys)}; known: {sorted(skeys)}")
-        scheduler = SchedulerConfig(**{"max_num_batched_tokens": 512, "max_num_seqs": 256, **sched})
+        scheduler = replace(DEFAULT_SCHEDULER, **sched)
         scales = tuple(float(x) for x in raw.get("slo_scales", (2.0, 5.0, 10.0)))
         return ClusterConfig(cluster, tuple(services), workload, scales, scheduler)
     except (TypeError, ValueError) as e:

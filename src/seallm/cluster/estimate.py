@@ -13,6 +13,8 @@ prefill ``P_k`` (one batch of ``I_k`` tokens) and ``O_k`` decode iterations of
 O_j tau_j(B_j) / B_j)`` the share of time model ``j`` keeps the group busy and ``u`` their
 sum:
 
+* P_k is the chunked prefill (``ceil(I_k / chunk)`` iterations of the scheduler's token
+  budget, :class:`CostTable`);
 * ``f_k = 1 - (u - u_k) - lam_k P_k``: the share of time left to the service's decoding
   by the other models' iterations and its own prefills; TPOT_k = tau_k(B_k) / f_k;
 * B_k = max(1, N_k) with N_k = lam_k (O_k - 1) TPOT_k decoding at once (Little's law),
@@ -82,18 +84,29 @@ class GroupEstimate:
 
 class CostTable:
     """Step-time pieces of one (architecture, device, TP degree), cached: prefill of a mean
-    prompt, decode iterations by batch size, and the served-alone latency."""
+    prompt, decode iterations by batch size, and the served-alone latency.
 
-    def __init__(self, arch: CatalogModel, device: DeviceSpec, tensor_parallel_size: int) -> None:
+    ``chunk_tokens``: the scheduler's per-iteration token budget (chunked prefill: a prompt
+    takes ``ceil(I / chunk_tokens)`` iterations, each paying the step overhead); None: one
+    iteration per prompt."""
+
+    def __init__(self, arch: CatalogModel, device: DeviceSpec, tensor_parallel_size: int,
+                 chunk_tokens: int | None = None) -> None:
         self.model = RooflineCostModel(arch.shape, device, tensor_parallel_size)
+        self.chunk_tokens = chunk_tokens
         self._pre: dict[int, float] = {}
 
     def prefill_s(self, input_len: float) -> float:
-        """Seconds of one prefill of ``input_len`` tokens."""
+        """Seconds of the prefill of ``input_len`` tokens, chunk by chunk."""
         n = max(1, int(round(input_len)))
         t = self._pre.get(n)
         if t is None:
-            t = self.model.step_time(BatchShape(n, 0, 1, 1, n * (n + 1) // 2))
+            step = self.chunk_tokens or n
+            t, start = 0.0, 0
+            while start < n:
+                k = min(step, n - start)
+                t += self.model.step_time(BatchShape(k, start + k, 1, 1, k * start + k * (k + 1) // 2))
+                start += k
             self._pre[n] = t
         return t
 

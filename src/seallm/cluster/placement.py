@@ -58,11 +58,14 @@ def groups_of(cluster: ClusterSpec, partition: Sequence[tuple[int, ...]]) -> lis
 
 
 OBJECTIVES = ("slowdown", "normalized_latency")
+#: The per-iteration token budget placement assumes unless told (vLLM V1's online default).
+DEFAULT_CHUNK_TOKENS = 2048
 
 
 class Scorer:
     """Predicted latency of groups, with the cost tables and group predictions cached.
 
+    ``chunk_tokens``: the scheduler's per-iteration token budget (prefills are chunked).
     A group's cost is the rate-weighted sum over its services of ``objective``:
     ``slowdown`` (E2E / served-alone E2E, what SLO attainment measures: every service counts
     by its requests, whatever its size) or ``normalized_latency`` (E2E / output tokens, s per
@@ -73,12 +76,14 @@ class Scorer:
         ValueError: an unknown objective.
     """
 
-    def __init__(self, cluster: ClusterSpec, services: Sequence[ServiceLoad], objective: str = "slowdown") -> None:
+    def __init__(self, cluster: ClusterSpec, services: Sequence[ServiceLoad], objective: str = "slowdown",
+                 chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown placement objective {objective!r}; known: {list(OBJECTIVES)}")
         self.cluster = cluster
         self.services = {s.name: s for s in services}
         self.objective = objective
+        self.chunk_tokens = chunk_tokens
         self._tables: dict[tuple[str, int], CostTable] = {}
         self._cache: dict[tuple, tuple[float, GroupEstimate]] = {}
         self._norm: dict[str, float] = {}
@@ -95,7 +100,7 @@ class Scorer:
         key = (arch_name, size)
         if key not in self._tables:
             arch = next(s.arch for s in self.services.values() if s.arch.name == arch_name)
-            self._tables[key] = CostTable(arch, self.cluster.spec, size)
+            self._tables[key] = CostTable(arch, self.cluster.spec, size, self.chunk_tokens)
         return self._tables[key]
 
     def alone_s(self, name: str) -> float:
@@ -232,7 +237,8 @@ def candidate_partitions(cluster: ClusterSpec) -> list[tuple[tuple[int, ...], ..
 
 
 def place_seallm(services: Sequence[ServiceLoad], cluster: ClusterSpec, max_rounds: int = 8,
-                 objective: str = "slowdown", finalists: int = 3) -> PlacementPlan:
+                 objective: str = "slowdown", finalists: int = 3,
+                 chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> PlacementPlan:
     """SeaLLM's two-stage placement (module docstring).
 
     Stage 1 scores partitions by stage 2 without replicas: the uniform ones and vLLM's
@@ -240,14 +246,15 @@ def place_seallm(services: Sequence[ServiceLoad], cluster: ClusterSpec, max_roun
     climbs from the best: a move re-splits one node (a partition from
     :func:`node_partitions`), kept when it lowers the prediction; at most ``max_rounds``
     moves. The ``finalists`` best partitions seen get stage 2 with replicas; the best plan
-    wins. ``objective``: what is minimized (:class:`Scorer`).
+    wins. ``objective``: what is minimized; ``chunk_tokens``: the scheduler's token budget
+    (:class:`Scorer`).
 
     Raises:
         ValueError: no partition holds every service (a model larger than a node's memory),
             or an unknown objective.
     """
     t0 = time.perf_counter()
-    scorer = Scorer(cluster, services, objective)
+    scorer = Scorer(cluster, services, objective, chunk_tokens)
     parts = node_partitions(cluster.devices_per_node)
     seen: dict[tuple, float] = {}
 
@@ -260,7 +267,7 @@ def place_seallm(services: Sequence[ServiceLoad], cluster: ClusterSpec, max_roun
 
     starts = candidate_partitions(cluster)
     try:
-        starts.append(_layout(cluster, place_dedicated(services, cluster)))
+        starts.append(_layout(cluster, place_dedicated(services, cluster, chunk_tokens)))
     except ValueError:
         pass  # too few devices for one dedicated replica each
     best_p, best = None, math.inf
@@ -300,18 +307,20 @@ def _layout(cluster: ClusterSpec, plan: PlacementPlan) -> tuple[tuple[int, ...],
     return tuple(out)
 
 
-def place_dedicated(services: Sequence[ServiceLoad], cluster: ClusterSpec) -> PlacementPlan:
+def place_dedicated(services: Sequence[ServiceLoad], cluster: ClusterSpec,
+                    chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> PlacementPlan:
     """vLLM's deployment: each model alone on the smallest power-of-two group that holds it;
     then, while devices remain, one more replica (of its smallest size) for the model with
     the most work per replica (rate x served-alone latency / replicas) that still fits.
-    Groups are packed into nodes largest first (first fit).
+    Groups are packed into nodes largest first (first fit). ``chunk_tokens``: as
+    :class:`Scorer` (for the predicted latencies only).
 
     Raises:
         ValueError: a model fits no group, or the cluster has too few devices for one
             replica of every model.
     """
     t0 = time.perf_counter()
-    scorer = Scorer(cluster, services)
+    scorer = Scorer(cluster, services, chunk_tokens=chunk_tokens)
     size: dict[str, int] = {}
     for s in services:
         m = cluster.min_group_size(s.arch)

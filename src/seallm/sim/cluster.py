@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from seallm.bench.baseline import AloneLatency
 from seallm.bench.records import RequestRecord
 from seallm.bench.workload import BenchRequest
+from seallm.cluster.config import DEFAULT_SCHEDULER
 from seallm.cluster.baselines import place_alpaserve, place_muxserve
 from seallm.cluster.estimate import CostTable, ServiceLoad
 from seallm.cluster.placement import place_dedicated, place_seallm
@@ -90,7 +91,7 @@ def service_loads(requests: Sequence[BenchRequest], archs: Mapping[str, object],
 def alone_latency(service: ServiceLoad, cluster: ClusterSpec) -> AloneLatency:
     """Served-alone latency model of ``service`` on the smallest group that holds it (the
     SLO reference, the same for every system): TTFT linear in the prompt between 1 and
-    2048 tokens, TPOT one decode iteration at the mean context."""
+    2048 tokens (one prefill iteration), TPOT one decode iteration at the mean context."""
     size = cluster.min_group_size(service.arch) or cluster.devices_per_node
     t = CostTable(service.arch, cluster.spec, size)
     base = t.prefill_s(1)
@@ -136,7 +137,7 @@ def simulate_cluster(requests: Sequence[BenchRequest], plan: PlacementPlan, clus
             :func:`~seallm.sim.device.serve_replicas`.
     """
     by_name = {s.name: s for s in services}
-    scheduler = scheduler or SchedulerConfig()
+    scheduler = scheduler or DEFAULT_SCHEDULER
     seq_len = sum(r.input_len + r.output_len for r in requests) / max(len(requests), 1)
     reps, served = [], []
     for g in plan.groups:
@@ -170,12 +171,15 @@ def simulate_cluster(requests: Sequence[BenchRequest], plan: PlacementPlan, clus
                       sum(r.core.scheduler.num_preemptions for r in reps), max(r.now for r in reps), wall)
 
 
-def place(system: SystemSpec, services: Sequence[ServiceLoad], cluster: ClusterSpec) -> PlacementPlan:
-    """The placement ``system`` serves with, for these service loads.
+def place(system: SystemSpec, services: Sequence[ServiceLoad], cluster: ClusterSpec,
+          scheduler: SchedulerConfig | None = None) -> PlacementPlan:
+    """The placement ``system`` serves with, for these service loads, estimated with the
+    token budget of ``scheduler`` (default: the cluster files' 2048).
 
     Raises:
         ValueError: an unknown placement, or as the placement algorithm.
     """
     if system.placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {system.placement!r}; known: {sorted(PLACEMENTS)}")
-    return PLACEMENTS[system.placement](services, cluster)
+    chunk = (scheduler or DEFAULT_SCHEDULER).max_num_batched_tokens
+    return PLACEMENTS[system.placement](services, cluster, chunk_tokens=chunk)

@@ -64,7 +64,7 @@ def compare_systems(cfg: ClusterConfig, systems: Sequence[str], seed: int = 0,
     out = {}
     for name in systems:
         spec = SYSTEMS[name]
-        plan = place(spec, loads, cfg.cluster)
+        plan = place(spec, loads, cfg.cluster, cfg.scheduler)
         run = simulate_cluster(requests, plan, cfg.cluster, loads, spec, cfg.scheduler)
         out[name] = SystemResult(run, compute_metrics(run.records, alone, cfg.slo_scales))
         if on_done:
