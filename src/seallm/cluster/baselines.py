@@ -140,7 +140,10 @@ def place_alpaserve(services: Sequence[ServiceLoad], cluster: ClusterSpec, slo_s
     """AlpaServe's ``mp-search`` (§4.2) with tensor parallelism only: for every group size
     (a power of two up to a node), split the cluster into equal groups, fill them by
     ``replica_placement_fast_greedy`` (repeat: rank models by unserved rate ``rate x (1 -
-    goodput)`` descending and groups by served rate ascending, add the first (group, model)
+    goodput)`` descending, models without a replica first (every service is placed at least
+    once, ``multi-model-sharing.md`` §2.1; without this, under overload the hot models'
+    replicas filled the memory before the big models got one), and groups by served rate
+    ascending, add the first (group, model)
     pair not yet placed whose weights and KV floor fit; until nothing fits), and score it
     ``goodput - mean latency / 1e4 + replicas / 1e6``; keep the best. SLO = ``slo_scale``
     x the model's served-alone latency; ``chunk_tokens``: the scheduler's token budget.
@@ -159,7 +162,8 @@ def place_alpaserve(services: Sequence[ServiceLoad], cluster: ClusterSpec, slo_s
         a = _Assignment(scorer, groups)
         while True:
             good, served = _alpa_goodput(a, slo)
-            unserved = sorted(services, key=lambda s: (-s.rate * (1 - good.get(s.name, 0.0)), s.name))
+            unserved = sorted(services, key=lambda s: (s.name in a.replicas, -s.rate * (1 - good.get(s.name, 0.0)),
+                                                       s.name))
             gorder = sorted(range(len(groups)), key=lambda g: (served[g], g))
             added = False
             for s in unserved:
