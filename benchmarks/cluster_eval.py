@@ -10,7 +10,8 @@ same measured loads and serves the same requests. The sweep scales the arrival r
 point replays ``--replay-s`` seconds of arrivals) and reports SLO attainment at several SLO
 scales. ``--workloads`` adds traffic the placement was not tuned on: ``bursty`` (synthetic
 Gamma arrivals, CV 4, ShareGPT lengths) and ``drift`` (the trace with popularity rotating
-between services every 60 s of replay; placement sees only the whole-window average).
+between services every quarter of the replay; placement sees only the whole-window
+average: no system re-places).
 
 Writes ``benchmarks/results/cluster_eval.json``: per workload, rate scale and system, the
 metrics (normalized latency, P50/P99 E2E, TTFT/TPOT tails, SLO attainment by scale), the
@@ -41,7 +42,7 @@ def workload_of(kind: str, base: ClusterWorkload, rate_scale: float, replay_s: f
     if kind == "trace":
         return replace(base, duration_s=replay_s * rate_scale, rate_scale=rate_scale)
     if kind == "drift":
-        return replace(base, duration_s=replay_s * rate_scale, rate_scale=rate_scale, drift_period_s=60.0)
+        return replace(base, duration_s=replay_s * rate_scale, rate_scale=rate_scale, drift_period_s=replay_s / 4)
     if kind == "bursty":  # the traces' mean rate (about 3.2 req/s at scale 1), Gamma CV 4
         return replace(base, traces=(), rate=3.2, arrival="gamma", cv=4.0, duration_s=replay_s, rate_scale=rate_scale)
     raise ValueError(f"unknown workload {kind!r}")
