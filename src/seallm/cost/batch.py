@@ -28,8 +28,18 @@ class BatchShape:
 
     @classmethod
     def of(cls, plan: StepPlan) -> "BatchShape":
+        """The shape of ``plan`` (the last plan's shape is kept: the executor and the policy
+        both ask for it every iteration)."""
+        last = _LAST
+        if last and last[0] is plan:
+            return last[1]
         pairs = sum(s.num_tokens * s.start_pos + s.num_tokens * (s.num_tokens + 1) // 2 for s in plan.seqs)
-        return cls(plan.num_tokens, plan.num_context_tokens, len(plan.seqs), sum(s.sample for s in plan.seqs), pairs)
+        shape = cls(plan.num_tokens, plan.num_context_tokens, len(plan.seqs), sum(s.sample for s in plan.seqs), pairs)
+        _LAST[:] = [plan, shape]
+        return shape
+
+
+_LAST: list = []  # [plan, its shape]: plans are frozen, so identity means the same shape
 
 
 class CostModel(Protocol):
