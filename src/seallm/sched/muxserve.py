@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from seallm.core import RequestStatus
-from seallm.sched.policy import BatchAllocation, BatchLimits, SchedulingPolicy
+from seallm.sched.fcfs import FCFSPolicy
+from seallm.sched.policy import BatchAllocation, BatchLimits
 
 if TYPE_CHECKING:
     from seallm.core import Request
@@ -72,20 +73,21 @@ class ADBSConfig:
                 raise ValueError(f"rate of {m!r} must be finite and >= 0, got {r}")
 
 
-class ADBSPolicy(SchedulingPolicy):
-    """MuxServe's ADBS (module docstring). ``quota`` (model -> sequences) is read by tests."""
+class ADBSPolicy(FCFSPolicy):
+    """MuxServe's ADBS (module docstring): FCFS's arrival order and model ring, with the
+    models that may start a prefill first and per-model quotas. ``quota(model)`` gives the
+    sequences a model may run now."""
 
     name = "muxserve"
 
     def __init__(self, config: ADBSConfig | None = None) -> None:
+        super().__init__()
         self.config = config or ADBSConfig()
         self.quota_pages: dict[str, float] = {}  # model -> pages of its quota
         self._pages_per_seq: dict[str, int] = {}
         self._arrivals: dict[str, int] = {}
         self._unfinished: dict[str, int] = {}
         self._batches: dict[str, deque[int]] = {}
-        self._ring: list[str] = []
-        self._last: str | None = None
         self._t0: float | None = None
         self._next_adapt: float | None = None
         self._total_pages = 0
@@ -109,10 +111,10 @@ class ADBSPolicy(SchedulingPolicy):
         """Split the pool by rate x KV bytes per token over the models seen (init_max_num_seqs)."""
         self._total_pages = limits.total_pages or limits.free_pages
         seq = max(1, int(round(self.config.avg_seq_len)))
-        for m in self._ring:
+        for m in self._order:
             self._pages_per_seq[m] = max(1, limits.pages_for(m, seq))
         # pages per token of m ~ its KV bytes per token (one pool, fixed-byte pages)
-        weight = {m: self._rate(m, now) * limits.pages_for(m, 1 << 20) for m in self._ring}
+        weight = {m: self._rate(m, now) * limits.pages_for(m, 1 << 20) for m in self._order}
         total = sum(weight.values()) or 1.0
         self.quota_pages = {m: self._total_pages * w / total for m, w in weight.items()}
 
@@ -158,8 +160,8 @@ class ADBSPolicy(SchedulingPolicy):
             self._t0 = now
             if self.config.adapt_interval_s is not None:
                 self._next_adapt = now + self.config.adapt_interval_s
-        if m not in self._ring:
-            self._ring.append(m)
+        if m not in self._order:
+            self._order.append(m)
             self.quota_pages.clear()  # a new model: quotas are split again
         self._arrivals[m] = self._arrivals.get(m, 0) + 1
         self._unfinished[m] = self._unfinished.get(m, 0) + 1
@@ -169,13 +171,7 @@ class ADBSPolicy(SchedulingPolicy):
         self._unfinished[m] = max(0, self._unfinished.get(m, 0) - 1)
 
     def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
-        for m in runnable:
-            if m not in self._ring:
-                self._ring.append(m)
-        ring = [m for m in self._ring if m in runnable]
-        if self._last in ring:
-            i = ring.index(self._last) + 1
-            ring = ring[i:] + ring[:i]
+        ring = super().model_order(runnable, now)  # round robin from the model after the last one
 
         def can_prefill(m: str) -> bool:
             rs = runnable[m]
@@ -183,9 +179,6 @@ class ADBSPolicy(SchedulingPolicy):
             return any(r.status is not RequestStatus.RUNNING for r in rs) and running < self.quota(m)
 
         return [m for m in ring if can_prefill(m)] + [m for m in ring if not can_prefill(m)]
-
-    def priority_key(self, request: "Request", now: float) -> tuple[float, str]:
-        return (request.arrival_time, request.request_id)
 
     def allocate(self, model: str, candidates: list["Request"], now: float,
                  limits: BatchLimits) -> BatchAllocation:
@@ -202,6 +195,6 @@ class ADBSPolicy(SchedulingPolicy):
         return BatchAllocation(tuple(running + waiting), limits.token_budget)
 
     def on_step(self, plan, result, now: float) -> None:
-        self._last = plan.model
+        super().on_step(plan, result, now)
         h = self._batches.setdefault(plan.model, deque(maxlen=self.config.history))
         h.append(len(plan.seqs))
