@@ -84,3 +84,27 @@ def test_deployment_refuses_tensor_parallel_groups_clearly(tmp_path):
     f.write_text("models: [{name: a, path: x}]\ntensor_parallel_size: 0\n")
     with pytest.raises(ValueError, match="positive integer"):
         load_deployment(str(f))
+
+
+def test_simulate_cluster_with_replacement_modes(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text(CLUSTER.replace("alpha: 1.0}", "alpha: 1.5, drift_period_s: 5}")
+                 + "replacement: {mode: fixed, interval_s: 4}\n")
+    out = tmp_path / "r.json"
+    rc = main(["simulate", "--cluster", str(f), "--no-progress", "--output", str(out),
+               "--systems", "seallm@none", "seallm@adaptive", "vllm"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "re-placements" in text and "(" in text.splitlines()[5]  # ratios against seallm@none
+    res = json.loads(out.read_text())["systems"]
+    assert set(res) == {"seallm@none", "seallm@adaptive", "vllm"}
+    assert res["seallm@none"]["replacement_checks"] == 0
+    assert res["seallm@adaptive"]["replacement_checks"] > 0
+    assert res["vllm"]["replacement_checks"] == 3  # the file's fixed mode: at 4, 8, 12 s
+    assert len(res["vllm"]["switches"]) == res["vllm"]["replacement_switches"]
+    assert main(["simulate", "--cluster", str(f), "--no-progress", "--systems", "seallm@often"]) == 2
+    assert main(["simulate", "--cluster", str(f), "--no-progress", "--replacement", "fixed",
+                 "--replacement-interval", "-1"]) == 2
+    f.write_text(CLUSTER + "replacement: {mode: adaptive, every: 3}\n")
+    assert main(["simulate", "--cluster", str(f), "--no-progress"]) == 2
+    assert "replacement" in capsys.readouterr().err

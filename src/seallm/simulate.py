@@ -57,7 +57,14 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
                         "models, Azure traces); the workload options below then come from the file, except "
                         "--duration, --rate-scale, --seed and --slo-scales")
     k.add_argument("--systems", nargs="+", default=None, metavar="SYSTEM",
-                   help="systems to compare: seallm vllm alpaserve muxserve (default: all)")
+                   help="systems to compare: seallm vllm alpaserve muxserve (default: all), each optionally "
+                        "NAME@none|fixed|adaptive for its replacement mode (e.g. seallm@adaptive alpaserve@fixed)")
+    k.add_argument("--replacement", default=None, choices=("none", "fixed", "adaptive"),
+                   help="re-place while serving, for systems without @MODE: none, fixed (every "
+                        "--replacement-interval s, AlpaServe's Clockwork++) or adaptive (SeaLLM's gain-vs-cost "
+                        "rule) (default: the cluster file's, none)")
+    k.add_argument("--replacement-interval", type=float, default=None, metavar="S",
+                   help="fixed replacement's interval in seconds (default: the cluster file's, 60)")
     k.add_argument("--sweep-rate-scales", nargs="+", type=float, default=None, metavar="X",
                    help="also run every system at these rate scales (table per scale; latency-vs-rate plot)")
     k.add_argument("--plot-dir", default=None, metavar="DIR", help="write PNG plots there")
@@ -181,7 +188,8 @@ def run_cluster_simulate(args: argparse.Namespace) -> int:
     systems = args.systems or ["seallm", "vllm", "alpaserve", "muxserve"]
     try:
         cfg = load_cluster(args.cluster).with_overrides(args.duration, args.rate_scale,
-                                                        tuple(args.slo_scales) if args.slo_scales else None)
+                                                        tuple(args.slo_scales) if args.slo_scales else None,
+                                                        args.replacement, args.replacement_interval)
         scales = [cfg.workload.rate_scale] + [x for x in args.sweep_rate_scales or [] if x != cfg.workload.rate_scale]
         bar = tqdm(total=len(scales) * len(systems), desc="simulating", unit="system", disable=args.no_progress,
                    file=sys.stderr)

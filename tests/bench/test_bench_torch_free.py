@@ -47,6 +47,7 @@ def test_scheduler_simulator_and_cost_layers_are_torch_free():
         "import seallm.core, seallm.kv, seallm.cost, seallm.sched, seallm.engine.core, seallm.sim, seallm.sim.runner\n"
         "import seallm.engine.loop, seallm.engine.replica, seallm.engine.requests, seallm.engine.handle\n"
         "import seallm.sim.replica, seallm.cluster.router, seallm.cluster.catalog, seallm.cluster.placement\n"
+        "import seallm.cluster.replacement, seallm.sim.replacement\n"
         "import seallm.cluster.baselines, seallm.cluster.config, seallm.sim.cluster, seallm.sim.compare\n"
         "import seallm.sched.muxserve, seallm.place\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

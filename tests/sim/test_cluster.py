@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import math
+from dataclasses import replace
 
 import pytest
 
@@ -75,8 +77,10 @@ def test_compare_systems_gives_a_table_with_ratios_to_seallm():
         assert s["normalized_latency_s"] > 0 and s["p99_e2e_s"] >= s["p50_e2e_s"]
     table = format_comparison(res, SMALL.slo_scales)
     assert "seallm" in table and "vllm" in table and "x)" in table
-    with pytest.raises(ValueError, match="unknown systems"):
+    with pytest.raises(ValueError, match="unknown system"):
         compare_systems(SMALL, ["nope"])
+    with pytest.raises(ValueError, match="unknown replacement mode"):
+        compare_systems(SMALL, ["seallm@sometimes"])
 
 
 def test_cluster_files(tmp_path):
@@ -103,3 +107,70 @@ def test_cluster_files(tmp_path):
         f.write_text(bad)
         with pytest.raises(ValueError, match=msg):
             load_cluster(str(f))
+
+
+def test_a_replacement_loses_no_request_and_is_deterministic():
+    from seallm.cluster.replacement import ReplacementConfig
+
+    cfg = replace(SMALL, workload=replace(SMALL.workload, rate=12.0, duration_s=40.0, alpha=1.5, drift_period_s=10.0))
+    names = [s.name for s in cfg.services]
+    reqs = cfg.workload.requests(names, seed=1)
+    loads = service_loads(reqs, cfg.archs, cfg.workload.replay_s)
+    spec = SYSTEMS["seallm"]
+    plan = place(spec, loads, cfg.cluster)
+    fixed = ReplacementConfig(mode="fixed", interval_s=8.0)
+    a = simulate_cluster(reqs, plan, cfg.cluster, loads, spec, cfg.scheduler, replacement=fixed)
+    assert a.num_switches >= 2  # popularity moved every 10 s: the plan changed
+    assert all(r.ok and r.tokens_out == q.output_len for r, q in zip(a.records, reqs))  # migrated requests too
+    assert all(list(r.token_times_s) == sorted(r.token_times_s) and r.first_token_s >= r.sent_s for r in a.records)
+    b = simulate_cluster(reqs, plan, cfg.cluster, loads, spec, cfg.scheduler, replacement=fixed)
+    assert [r.token_times_s for r in a.records] == [r.token_times_s for r in b.records]
+    none = simulate_cluster(reqs, plan, cfg.cluster, loads, spec, cfg.scheduler,
+                            replacement=ReplacementConfig(mode="none"))
+    assert none.num_switches == 0 and not none.replacements
+    plain = simulate_cluster(reqs, plan, cfg.cluster, loads, spec, cfg.scheduler)
+    assert [r.token_times_s for r in none.records] == [r.token_times_s for r in plain.records]
+
+
+def test_a_switch_migrates_in_flight_requests_and_waits_for_the_weights():
+    """serve_replicas under a driver that rebuilds model a's only group at t = 2 s with a
+    5 s load: a's requests in flight migrate and finish with every token, a's requests that
+    arrive meanwhile start after the load, b is never interrupted."""
+    from seallm.cluster.router import Router
+    from seallm.cluster.spec import GroupPlan
+    from seallm.sim.cluster import group_replica
+    from seallm.sim.device import records_of, serve_replicas
+    from seallm.sim.replacement import NewReplica, Switch
+
+    cluster = ClusterSpec("h100-sxm", 1, 2)
+    archs = {"a": catalog_model("Llama-2-7B"), "b": catalog_model("Llama-2-7B")}
+    reqs = [BenchRequest("a" if i % 2 else "b", 0.1 * i, 200, 100) for i in range(100)]
+    loads = service_loads(reqs, archs, 10.0)
+    ga, gb = GroupPlan(0, (0,), ("a",)), GroupPlan(0, (1,), ("b",))
+    make = lambda g, start=0.0: group_replica(g, loads, cluster, SYSTEMS["seallm"], SMALL.scheduler, 300.0,  # noqa: E731
+                                              {"a": 1, "b": 1}, start)
+
+    class Driver:
+        next_check_s = 2.0
+        seen: list[str] = []
+
+        def observe(self, model, t, i, o):
+            self.seen.append(model)
+
+        def check(self, t):
+            self.next_check_s = math.inf
+            return Switch((0,), (NewReplica(frozenset("a"), 5.0, (0,), lambda start: make(ga, start)),))
+
+    reps = [make(ga), make(gb)]
+    out = serve_replicas(reqs, reps, {"a", "b"}, Router("least_loaded"), 10_000_000,
+                         [frozenset("a"), frozenset("b")], Driver())
+    recs = records_of(reqs, *out)
+    assert len(reps) == 3 and len(Driver.seen) == len(reqs)  # the new replica appended; each arrival seen once
+    assert all(r.ok and r.tokens_out == 100 for r in recs)
+    stop = max(2.0, reps[0].now)
+    a_recs = [r for r in recs if r.model == "a"]
+    migrated = [r for r in a_recs if r.sent_s < 2.0 < r.finish_s]
+    assert migrated and all(not any(stop < t < stop + 5.0 for t in r.token_times_s) for r in a_recs)
+    assert all(r.first_token_s >= stop + 5.0 for r in a_recs if r.sent_s > 2.0)
+    b_gaps = [max(b - a for a, b in zip(r.token_times_s, r.token_times_s[1:])) for r in recs if r.model == "b"]
+    assert max(b_gaps) < 1.0  # b's group kept serving

@@ -22,6 +22,8 @@ Format (every key optional except ``services``; ``default`` is the built-in file
       max_output_len: 1024
     slo_scales: [2, 5, 10]
     scheduler: {max_num_batched_tokens: 2048, max_num_seqs: 256}   # vLLM V1's online defaults
+    replacement: {mode: adaptive}  # none (default), fixed (interval_s: 60) or adaptive;
+                                   # see seallm.cluster.replacement.ReplacementConfig
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from seallm.bench.workload import (AzureWorkload, BenchRequest, LengthConfig, Sy
                                    build_workload, split_services)
 from seallm.cluster.catalog import CatalogModel, catalog_model
 from seallm.cluster.placement import DEFAULT_CHUNK_TOKENS
+from seallm.cluster.replacement import ReplacementConfig
 from seallm.cluster.spec import ClusterSpec
 from seallm.sched import SchedulerConfig
 
@@ -116,6 +119,7 @@ class ClusterConfig:
     workload: ClusterWorkload = field(default_factory=ClusterWorkload)
     slo_scales: tuple[float, ...] = (2.0, 5.0, 10.0)
     scheduler: SchedulerConfig = DEFAULT_SCHEDULER
+    replacement: ReplacementConfig = field(default_factory=lambda: ReplacementConfig(mode="none"))
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.services]
@@ -131,12 +135,17 @@ class ClusterConfig:
         return {s.name: s.arch for s in self.services}
 
     def with_overrides(self, duration_s: float | None = None, rate_scale: float | None = None,
-                       slo_scales: tuple[float, ...] | None = None) -> "ClusterConfig":
+                       slo_scales: tuple[float, ...] | None = None, replacement_mode: str | None = None,
+                       replacement_interval_s: float | None = None) -> "ClusterConfig":
         """A copy with the command line's values (None: keep). Raises ``ValueError``."""
         w = self.workload
         w = replace(w, duration_s=w.duration_s if duration_s is None else duration_s,
                     rate_scale=w.rate_scale if rate_scale is None else rate_scale)
-        return replace(self, workload=w, slo_scales=self.slo_scales if slo_scales is None else tuple(slo_scales))
+        r = self.replacement
+        r = replace(r, mode=r.mode if replacement_mode is None else replacement_mode,
+                    interval_s=r.interval_s if replacement_interval_s is None else replacement_interval_s)
+        return replace(self, workload=w, slo_scales=self.slo_scales if slo_scales is None else tuple(slo_scales),
+                       replacement=r)
 
 
 def _mix_services(mix: Any) -> list[ServiceEntry]:
@@ -203,7 +212,7 @@ def load_cluster(path: str) -> ClusterConfig:
         raise ValueError(f"{path}: invalid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    known = {"cluster", "services", "mix", "workload", "slo_scales", "scheduler"}
+    known = {"cluster", "services", "mix", "workload", "slo_scales", "scheduler", "replacement"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -231,6 +240,13 @@ def load_cluster(path: str) -> ClusterConfig:
             raise ValueError(f"scheduler: unknown keys {sorted(set(sched) - skeys)}; known: {sorted(skeys)}")
         scheduler = replace(DEFAULT_SCHEDULER, **sched)
         scales = tuple(float(x) for x in raw.get("slo_scales", (2.0, 5.0, 10.0)))
-        return ClusterConfig(cluster, tuple(services), workload, scales, scheduler)
+        rep = raw.get("replacement") or {}
+        rkeys = {f.name for f in fields(ReplacementConfig)}
+        if not isinstance(rep, dict) or set(rep) - rkeys:
+            raise ValueError(f"replacement: a mapping with keys among {sorted(rkeys)}")
+        if "windows_s" in rep:
+            rep = {**rep, "windows_s": tuple(float(x) for x in rep["windows_s"])}
+        replacement = ReplacementConfig(**{"mode": "none", **rep})
+        return ClusterConfig(cluster, tuple(services), workload, scales, scheduler, replacement)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None

@@ -297,6 +297,23 @@ def place_seallm(services: Sequence[ServiceLoad], cluster: ClusterSpec, max_roun
     return min(plans)[2].plan("seallm", time.perf_counter() - t0)
 
 
+def place_on_groups(services: Sequence[ServiceLoad], cluster: ClusterSpec, plan: PlacementPlan,
+                    objective: str = "slowdown", chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> PlacementPlan:
+    """SeaLLM's stage 2 alone (services and replicas assigned as in :func:`place_seallm`)
+    on the device groups of ``plan`` (its partition and TP degrees kept): the re-placement
+    that moves fewest devices.
+
+    Raises:
+        ValueError: some service fits no group of ``plan``, or an unknown objective.
+    """
+    t0 = time.perf_counter()
+    scorer = Scorer(cluster, services, objective, chunk_tokens)
+    a = _assign(scorer, [(g.node, g.devices) for g in plan.groups], replicate=True)
+    if a is None:
+        raise ValueError("some service fits no group of the plan")
+    return a.plan("seallm", time.perf_counter() - t0)
+
+
 def _layout(cluster: ClusterSpec, plan: PlacementPlan) -> tuple[tuple[int, ...], ...]:
     """The node partitions of a plan's groups (spare devices as groups of one)."""
     out = []

@@ -25,14 +25,16 @@ from seallm.bench.workload import BenchRequest
 from seallm.cluster.config import DEFAULT_SCHEDULER
 from seallm.cluster.baselines import place_alpaserve, place_muxserve
 from seallm.cluster.estimate import CostTable, ServiceLoad
-from seallm.cluster.placement import place_dedicated, place_seallm
+from seallm.cluster.placement import place_dedicated, place_on_groups, place_seallm
 from seallm.cluster.router import Router
-from seallm.cluster.spec import ClusterSpec, PlacementPlan
+from seallm.cluster.replacement import ReplacementConfig, ReplacementDecision, Replanner
+from seallm.cluster.spec import ClusterSpec, GroupPlan, PlacementPlan
 from seallm.cost import RooflineCostModel
 from seallm.engine.replica import ReplicaModel, ReplicaSpec
 from seallm.sched import SchedulerConfig, make_policy
 from seallm.sim.device import SimModel, records_of, serve_replicas
-from seallm.sim.replica import simulated_replica
+from seallm.sim.replacement import ReplacementDriver
+from seallm.sim.replica import SimulatedReplica, simulated_replica
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class ClusterRun:
         num_steps: iterations over all groups. busy_s: seconds groups computed.
         num_preemptions: requests that lost their KV pages. makespan_s: last event (s).
         wall_s: wall time of the simulation (s, excluding placement).
+        replacements: every look of the replanner (:class:`ReplacementDecision`), those
+            with ``switched`` set changed the plan.
     """
 
     system: str
@@ -119,56 +123,86 @@ class ClusterRun:
     num_preemptions: int
     makespan_s: float
     wall_s: float
+    replacements: tuple[ReplacementDecision, ...] = ()
+
+    @property
+    def num_switches(self) -> int:
+        return sum(d.switched for d in self.replacements)
+
+
+def group_replica(group: GroupPlan, services: Sequence[ServiceLoad], cluster: ClusterSpec, system: SystemSpec,
+                  scheduler: SchedulerConfig, avg_seq_len: float, replicas: Mapping[str, int],
+                  start_s: float = 0.0) -> SimulatedReplica:
+    """The simulated replica of one group: its services' weights, a unified KV pool of the
+    group's memory left after them (:meth:`ClusterSpec.kv_bytes`), the roofline cost model
+    of each architecture at the group's tensor-parallel degree, ``system``'s policy, a clock
+    from ``start_s`` (s). MuxServe's ADBS gets each service's rate per replica (``services``
+    rates over ``replicas``, the service's number of groups) and ``avg_seq_len`` (tokens)."""
+    by_name = {s.name: s for s in services}
+    tp = group.tensor_parallel_size
+    svcs = [by_name[m] for m in group.models]
+    models = [SimModel(s.name, s.arch.kv_spec, RooflineCostModel(s.arch.shape, cluster.spec, tp),
+                       s.arch.weights_bytes, s.arch.max_model_len, s.arch.shape.vocab_size,
+                       (s.arch.eos_token_id,)) for s in svcs]
+    spec = ReplicaSpec(models=tuple(ReplicaModel(m.name, m.kv_spec, m.weights_bytes) for m in models),
+                       kv_cache_bytes=cluster.kv_bytes(tp, [s.arch for s in svcs]), device="simulated",
+                       scheduler=scheduler, scheduling_policy=system.scheduling_policy)
+    options = {}
+    if system.scheduling_policy == "muxserve":
+        options = {"rates": {s.name: s.rate / max(replicas.get(s.name, 1), 1) for s in svcs},
+                   "avg_seq_len": avg_seq_len}
+    return simulated_replica(spec, {m.name: m.cost_model for m in models}, {m.name: m for m in models},
+                             start_s=start_s, policy=make_policy(system.scheduling_policy, options),
+                             swap_bandwidth=cluster.spec.host_link_bandwidth)
 
 
 def simulate_cluster(requests: Sequence[BenchRequest], plan: PlacementPlan, cluster: ClusterSpec,
                      services: Sequence[ServiceLoad], system: SystemSpec,
-                     scheduler: SchedulerConfig | None = None, max_steps: int = 200_000_000) -> ClusterRun:
-    """Serve ``requests`` on the groups of ``plan`` with ``system``'s policy and routing.
+                     scheduler: SchedulerConfig | None = None, max_steps: int = 200_000_000,
+                     replacement: ReplacementConfig | None = None) -> ClusterRun:
+    """Serve ``requests`` on the groups of ``plan`` with ``system``'s policy and routing,
+    each non-empty group one :func:`group_replica`.
 
-    Each non-empty group becomes one simulated replica holding its services' weights, with
-    a unified KV pool of the group's memory left after them
-    (:meth:`ClusterSpec.kv_bytes`) and the roofline cost model of each architecture at the
-    group's tensor-parallel degree. MuxServe's ADBS gets each group's per-replica rates and
-    the workload's mean sequence length.
+    ``replacement``: re-place while serving (:mod:`seallm.cluster.replacement`; the system's
+    own placement algorithm on the rates the replanner measures; switches as in
+    :mod:`seallm.sim.replacement`). None or mode ``none``: the plan serves throughout.
 
     Raises:
         ValueError: a service of a request placed nowhere, or as
             :func:`~seallm.sim.device.serve_replicas`.
     """
-    by_name = {s.name: s for s in services}
     scheduler = scheduler or DEFAULT_SCHEDULER
     seq_len = sum(r.input_len + r.output_len for r in requests) / max(len(requests), 1)
-    reps, served = [], []
-    for g in plan.groups:
-        if not g.models:
-            continue
-        tp = g.tensor_parallel_size
-        svcs = [by_name[m] for m in g.models]
-        models = [SimModel(s.name, s.arch.kv_spec, RooflineCostModel(s.arch.shape, cluster.spec, tp),
-                           s.arch.weights_bytes, s.arch.max_model_len, s.arch.shape.vocab_size,
-                           (s.arch.eos_token_id,)) for s in svcs]
-        spec = ReplicaSpec(models=tuple(ReplicaModel(m.name, m.kv_spec, m.weights_bytes) for m in models),
-                           kv_cache_bytes=cluster.kv_bytes(tp, [s.arch for s in svcs]), device="simulated",
-                           scheduler=scheduler, scheduling_policy=system.scheduling_policy)
-        options = {}
-        if system.scheduling_policy == "muxserve":
-            options = {"rates": {s.name: s.rate / len(plan.replicas_of(s.name)) for s in svcs},
-                       "avg_seq_len": seq_len}
-        reps.append(simulated_replica(spec, {m.name: m.cost_model for m in models}, {m.name: m for m in models},
-                                      policy=make_policy(system.scheduling_policy, options),
-                                      swap_bandwidth=cluster.spec.host_link_bandwidth))
-        served.append(frozenset(g.models))
+
+    def build(g: GroupPlan, loads: Sequence[ServiceLoad], start_s: float, p: PlacementPlan) -> SimulatedReplica:
+        counts = {s.name: len(p.replicas_of(s.name)) for s in loads}
+        return group_replica(g, loads, cluster, system, scheduler, seq_len, counts, start_s)
+
+    groups = [g for g in plan.groups if g.models]
+    reps = [build(g, services, 0.0, plan) for g in groups]
+    served = [frozenset(g.models) for g in groups]
     missing = sorted({r.model for r in requests} - set().union(*served))
     if missing:
         raise ValueError(f"services {missing} are not placed on any group")
+    driver = None
+    if replacement is not None and replacement.mode != "none":
+        chunk = scheduler.max_num_batched_tokens
+        reassign = None
+        if system.placement == "seallm":
+            reassign = lambda loads, cur: place_on_groups(loads, cluster, cur, chunk_tokens=chunk)  # noqa: E731
+        replanner = Replanner(replacement, cluster, services, plan,
+                              lambda loads: PLACEMENTS[system.placement](loads, cluster, chunk_tokens=chunk), chunk,
+                              reassign)
+        driver = ReplacementDriver(replanner, groups,
+                                   lambda g, loads, start: build(g, loads, start, replanner.plan))
     t0 = time.perf_counter()
     arrived, token_times, finish, refused = serve_replicas(requests, reps, set().union(*served),
-                                                           Router(system.routing_policy), max_steps, served)
+                                                           Router(system.routing_policy), max_steps, served, driver)
     wall = time.perf_counter() - t0
     return ClusterRun(system.name, plan, records_of(requests, arrived, token_times, finish, refused),
                       sum(r.core.num_steps for r in reps), sum(r.core.executor.busy_s for r in reps),
-                      sum(r.core.scheduler.num_preemptions for r in reps), max(r.now for r in reps), wall)
+                      sum(r.core.scheduler.num_preemptions for r in reps), max(r.now for r in reps), wall,
+                      tuple(driver.replanner.decisions) if driver else ())
 
 
 def place(system: SystemSpec, services: Sequence[ServiceLoad], cluster: ClusterSpec,

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from seallm.bench.metrics import BenchMetrics, compute_metrics
 from seallm.cluster.config import ClusterConfig
+from seallm.cluster.replacement import ReplacementConfig
 from seallm.sim.cluster import SYSTEMS, ClusterRun, alone_latency, place, service_loads, simulate_cluster
 
 
@@ -40,44 +41,74 @@ class SystemResult:
             placement_search_s=r.plan.search_s, placement_objective=r.plan.objective,
             groups=[dict(devices=list(g.devices), tensor_parallel_size=g.tensor_parallel_size, models=list(g.models))
                     for g in r.plan.groups if g.models],
+            replacement_checks=len(r.replacements), replacement_switches=r.num_switches,
+            switches=[dict(time_s=d.time_s, window_s=d.window_s, shift=d.shift, gain_s=d.gain_s, cost_s=d.cost_s,
+                           moved_groups=d.moved_groups) for d in r.replacements if d.switched],
             per_model={m: dict(normalized_latency_s=pm.normalized_latency_s, mean_e2e_s=pm.e2e.mean,
                                p99_e2e_s=pm.e2e.p99, completed=pm.num_completed,
                                slo_attainment={str(k): v for k, v in (pm.slo_attainment or {}).items()})
                        for m, pm in self.metrics.per_model.items()})
 
 
-def compare_systems(cfg: ClusterConfig, systems: Sequence[str], seed: int = 0,
-                    on_done: Callable[[str], None] | None = None) -> dict[str, SystemResult]:
-    """Plan and simulate each of ``systems`` (names in :data:`~seallm.sim.cluster.SYSTEMS`)
-    on ``cfg``'s cluster and requests; ``on_done(name)`` after each (a progress bar).
+def parse_system(entry: str, default: ReplacementConfig) -> tuple[str, ReplacementConfig]:
+    """``NAME`` or ``NAME@MODE`` (a system of :data:`~seallm.sim.cluster.SYSTEMS` with a
+    replacement mode: ``seallm@adaptive``, ``alpaserve@fixed``) -> (system name, the
+    replacement config: ``default`` with that mode).
 
     Raises:
-        ValueError: an unknown system, an empty workload, or a placement that fails.
+        ValueError: an unknown system or mode.
     """
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown:
-        raise ValueError(f"unknown systems {unknown}; known: {list(SYSTEMS)}")
+    name, _, mode = entry.partition("@")
+    if name not in SYSTEMS:
+        raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)} (optionally NAME@none|fixed|adaptive)")
+    return name, replace(default, mode=mode) if mode else default
+
+
+def compare_systems(cfg: ClusterConfig, systems: Sequence[str], seed: int = 0,
+                    on_done: Callable[[str], None] | None = None) -> dict[str, SystemResult]:
+    """Plan and simulate each of ``systems`` (names in :data:`~seallm.sim.cluster.SYSTEMS`,
+    each optionally ``@none``, ``@fixed`` or ``@adaptive`` for its replacement mode; default
+    ``cfg.replacement``) on ``cfg``'s cluster and requests; ``on_done(entry)`` after each (a
+    progress bar). Results are keyed by the entries as given.
+
+    Raises:
+        ValueError: an unknown system or mode, an empty workload, or a placement that fails.
+    """
+    parsed = {entry: parse_system(entry, cfg.replacement) for entry in systems}
     names = [s.name for s in cfg.services]
     requests = cfg.workload.requests(names, seed)
     loads = service_loads(requests, cfg.archs, cfg.workload.replay_s)
     alone = {s.name: alone_latency(s, cfg.cluster) for s in loads}
     out = {}
-    for name in systems:
+    for entry, (name, replacement) in parsed.items():
         spec = SYSTEMS[name]
         plan = place(spec, loads, cfg.cluster, cfg.scheduler)
-        run = simulate_cluster(requests, plan, cfg.cluster, loads, spec, cfg.scheduler)
-        out[name] = SystemResult(run, compute_metrics(run.records, alone, cfg.slo_scales))
+        run = simulate_cluster(requests, plan, cfg.cluster, loads, spec, cfg.scheduler, replacement=replacement)
+        out[entry] = SystemResult(run, compute_metrics(run.records, alone, cfg.slo_scales))
         if on_done:
-            on_done(name)
+            on_done(entry)
     return out
 
 
-def format_comparison(results: dict[str, SystemResult], slo_scales: Sequence[float], reference: str = "seallm") -> str:
-    """A text table: one row per system, with each metric's ratio to ``reference``
-    (baseline / reference for latencies, reference / baseline for SLO attainment: > 1 means
-    the reference is better)."""
+def reference_entry(entries: Sequence[str]) -> str:
+    """The entry ratios are taken against: ``seallm`` if present, else the first
+    ``seallm@MODE``, else the first entry."""
+    if "seallm" in entries:
+        return "seallm"
+    return next((e for e in entries if e.partition("@")[0] == "seallm"), entries[0])
+
+
+def format_comparison(results: dict[str, SystemResult], slo_scales: Sequence[float], reference: str | None = None) -> str:
+    """A text table: one row per system, with each metric's ratio to ``reference`` (default
+    :func:`reference_entry`; baseline / reference for latencies, reference / baseline for
+    SLO attainment: > 1 means the reference is better), and the number of re-placements
+    when a system re-placed."""
+    reference = reference or reference_entry(list(results))
     head = ["system", "norm lat (s/tok)", "P50 E2E (s)", "P99 E2E (s)", "P99 TTFT (s)", "P99 TPOT (s)"]
     head += [f"SLO@{k:g}" for k in slo_scales]
+    replaced = any(r.run.replacements for r in results.values())
+    if replaced:
+        head.append("re-placements")
     rows = [head]
     ref = results.get(reference)
 
@@ -96,6 +127,8 @@ def format_comparison(results: dict[str, SystemResult], slo_scales: Sequence[flo
             v = (o.slo_attainment or {}).get(k, float("nan"))
             rv = (ro.slo_attainment or {}).get(k) if ro is not None else None
             row.append(f"{v:.3f}" + (ratio(rv, v) if rv is not None and v > 0 else ""))
+        if replaced:
+            row.append(str(res.run.num_switches))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

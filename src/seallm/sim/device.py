@@ -14,6 +14,7 @@ server and goes through the same metrics.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from seallm.engine.replica import ReplicaModel, ReplicaSpec
 from seallm.kv import KVSpec
 from seallm.sched import SchedulerConfig, SchedulingPolicy
 from seallm.cluster.router import ReplicaView, Router
+from seallm.sim.replacement import ReplacementDriver
 from seallm.sim.replica import SimulatedReplica, simulated_replica
 
 
@@ -190,9 +192,9 @@ def records_of(requests: Sequence[BenchRequest], arrived: dict[str, float], toke
     return tuple(recs)
 
 
-def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[SimulatedReplica], known: set[str],
+def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedReplica], known: set[str],
                    router: Router | None = None, max_steps: int = 50_000_000,
-                   models_of: Sequence[frozenset[str]] | None = None):
+                   models_of: Sequence[frozenset[str]] | None = None, driver: ReplacementDriver | None = None):
     """Drive simulated replicas through a workload by events, as a front end drives live ones.
 
     The replica furthest behind in simulated time steps next; an arrival is delivered once
@@ -209,6 +211,13 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
 
     ``models_of``: per replica, the models it serves (default: every replica serves all of
     ``known``); the router only picks among the replicas that serve a request's model.
+
+    ``driver``: adaptive replacement (:mod:`seallm.sim.replacement`): it sees every arrival
+    and, at its check times while arrivals remain, may switch plans; replicas that retire
+    stop after their iteration under way and their unfinished requests migrate through the
+    router (recomputed: the prompt plus the tokens generated, for the tokens still owed);
+    new replicas are appended to ``replicas`` and start after their weights load. A
+    replica not started yet is routed to only when no started one serves the model.
 
     Raises:
         ValueError: a request of an unknown model or following an unknown request, a stall,
@@ -245,10 +254,14 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
     served = list(models_of) if models_of is not None else [frozenset(known)] * len(replicas)
     if len(served) != len(replicas):
         raise ValueError(f"models_of has {len(served)} entries for {len(replicas)} replicas")
+    alive = [True] * len(replicas)
+    ready_at = [rep.now for rep in replicas]  # when each replica's weights are on its devices
+    on: dict[str, int] = {}  # unfinished request id -> the replica serving it
 
-    def views() -> list[ReplicaView]:
-        return [ReplicaView(str(n), served[n], served[n], True, rep.core.scheduler.num_running()
-                            + rep.core.scheduler.num_waiting()) for n, rep in enumerate(replicas)]
+    def views(t: float) -> list[ReplicaView]:
+        return [ReplicaView(str(n), served[n], served[n] if ready_at[n] <= t else frozenset(), alive[n],
+                            rep.core.scheduler.num_running() + rep.core.scheduler.num_waiting())
+                for n, rep in enumerate(replicas)]
 
     # each replica's next event time, kept in a heap with stale entries skipped: only the
     # replica that stepped or was handed a request can change its time
@@ -265,27 +278,54 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
         while events and events[0][0] != nxt[events[0][1]]:
             heapq.heappop(events)  # stale
         t_rep, n = events[0] if events else (None, None)
+        if driver is not None and arrivals and driver.next_check_s <= min(arrivals[0][0], math.inf if t_rep is None
+                                                                            else t_rep):
+            t_chk = driver.next_check_s
+            switch = driver.check(t_chk)
+            if switch is not None:
+                stop = {}
+                for m in switch.retire:
+                    stop[m] = max(t_chk, replicas[m].now)  # its iteration under way ends first
+                    alive[m], nxt[m] = False, None
+                    for rid in [r for r, where_n in on.items() if where_n == m]:
+                        del on[rid]
+                        push(stop[m], int(rid), 0)  # migrates: routed again, keeps its tokens
+                for new in switch.add:
+                    start = max([t_chk] + [stop[m] for m in new.blocked_by]) + new.load_s
+                    replicas.append(new.build(start))
+                    served.append(new.models)
+                    alive.append(True)
+                    ready_at.append(start)
+                    nxt.append(None)
+                    refresh(len(replicas) - 1)
+            continue
         if arrivals and (t_rep is None or arrivals[0][0] <= t_rep):
             t_arr, _, i, k = heapq.heappop(arrivals)
             b = requests[i]
             rid = str(i)
             if k == 0:
-                tries[i] = [0] if router is None else router.try_order(b.model, views())
+                tries[i] = [0] if router is None else router.try_order(b.model, views(t_arr))
                 if not tries[i]:
                     raise ValueError(f"no replica serves model {b.model!r}")
-                arrived[rid] = t_arr
-                token_times[rid] = []
+                if rid not in arrived:  # not a migration
+                    arrived[rid] = t_arr
+                    token_times[rid] = []
+                    if driver is not None:
+                        driver.observe(b.model, t_arr, b.input_len, b.output_len)
             order = tries[i]
             rep = replicas[order[k]]
             rep.advance_to(t_arr)  # behind only when it had nothing to run until now
             where[rid] = k
-            rep.submit(AddRequest(rid, b.model, [5] * b.input_len,
-                                  SamplingParams(max_tokens=b.output_len, ignore_eos=True, temperature=0.0),
+            on[rid] = order[k]
+            done_tokens = len(token_times[rid])
+            rep.submit(AddRequest(rid, b.model, [5] * (b.input_len + done_tokens),
+                                  SamplingParams(max_tokens=b.output_len - done_tokens, ignore_eos=True,
+                                                 temperature=0.0),
                                   arrived[rid], slo=b.slo, admission_mode=None if k == len(order) - 1 else "reject"))
             refresh(order[k])
             continue
         if t_rep is None:
-            if any(rep.core.has_unfinished() for rep in replicas):
+            if any(alive[n] and rep.core.has_unfinished() for n, rep in enumerate(replicas)):
                 raise ValueError("simulation stalled: requests left but nothing can run")
             break
         rep = replicas[n]
@@ -303,12 +343,14 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: Sequence[Simulate
                         push(t, i, where[rid] + 1)  # try-then-forward
                         continue
                     refused[rid] = f"HTTP {d.error_status}: {d.error}"
+                    on.pop(rid, None)
                     done(rid, t)
                     continue
                 if d.token_ids:
                     token_times[rid].extend([t] * len(d.token_ids))
                 if d.finish_reason is not None:
                     finish[rid] = (t, d.finish_reason, d.admission)
+                    on.pop(rid, None)
                     done(rid, t)
         if rep.core.num_steps > max_steps:
             raise ValueError(f"simulation exceeded {max_steps} iterations")
