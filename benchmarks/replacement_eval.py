@@ -18,6 +18,11 @@ metrics (normalized latency, P50/P99 E2E, TTFT tails, SLO attainment), the numbe
 and switches, each switch's predicted gain and cost, and the ratios to ``seallm@adaptive``.
 
     python benchmarks/replacement_eval.py [--drift-periods 40 120] [--rate-scale 8] [--replay-s 240]
+    python benchmarks/replacement_eval.py --cluster benchmarks/replacement_small.yaml --rate-scale 1 \
+        --replay-s 480 --drift-periods 120 240 --variants seallm@adaptive seallm@none seallm@fixed
+
+``--cluster FILE`` runs a cluster file instead (``replacement_small.yaml``: 8 A100s, five
+services, 30 req/s of synthetic Poisson arrivals, popularity alpha 1.5).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import sys
 import time
 from dataclasses import replace
 
-from seallm.cluster.config import default_cluster
+from seallm.cluster.config import load_cluster
 from seallm.sim.compare import compare_systems, format_comparison
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -38,6 +43,8 @@ VARIANTS = ("seallm@adaptive", "seallm@none", "seallm@fixed", "alpaserve@fixed",
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cluster", default="default", help="a cluster file (its workload's drift period is "
+                    "replaced), or 'default'")
     ap.add_argument("--drift-periods", nargs="+", type=float, default=[40.0, 120.0])
     ap.add_argument("--rate-scale", type=float, default=8.0)
     ap.add_argument("--replay-s", type=float, default=240.0, help="seconds of arrivals")
@@ -47,13 +54,16 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default=os.path.join(RESULTS, "replacement_eval.json"))
     args = ap.parse_args()
-    base = default_cluster()
-    out = {"cluster": "default (32 x h100-sxm, 19 LLaMA models)", "rate_scale": args.rate_scale,
+    base = load_cluster(args.cluster)
+    out = {"cluster": args.cluster, "rate_scale": args.rate_scale,
            "replay_s": args.replay_s, "fixed_interval_s": args.interval, "slo_scales": args.slo_scales,
            "seed": args.seed, "drift": {}}
     for period in args.drift_periods:
-        w = replace(base.workload, duration_s=args.replay_s * args.rate_scale, rate_scale=args.rate_scale,
-                    drift_period_s=period)
+        if base.workload.traces:
+            w = replace(base.workload, duration_s=args.replay_s * args.rate_scale, rate_scale=args.rate_scale,
+                        drift_period_s=period)
+        else:  # synthetic: seconds of arrivals at the file's rate x the scale
+            w = replace(base.workload, duration_s=args.replay_s, rate_scale=args.rate_scale, drift_period_s=period)
         cfg = replace(base, workload=w, slo_scales=tuple(args.slo_scales),
                       replacement=replace(base.replacement, interval_s=args.interval))
         t0 = time.perf_counter()

@@ -19,8 +19,7 @@ The paper gives the rule, not the estimators; ours:
 * **Gain** ``dL = lambda * w * (E_now - E_new)``: request-seconds of latency saved over the
   horizon, with ``E`` the rate-weighted mean E2E that the placement's queueing estimate
   (:func:`~seallm.cluster.estimate.estimate_group`) predicts for the current and the new
-  plan under the window's rates (s), an overloaded group's capped by a fluid bound over
-  the horizon (:func:`predicted_latency`).
+  plan under the window's rates (s).
 * **Switching cost** ``C`` (request-seconds): the requests in flight on a retired group
   (Little's law: rate x predicted E2E) migrate to the new groups on its devices, which are
   down for ``D`` = their new weights / (TP x load bandwidth) (each device loads its shard
@@ -29,10 +28,11 @@ The paper gives the rule, not the estimators; ours:
   average (``rate x D^2 / 2``).
 * **Decision**: switch when ``dL - C > 0`` and the gain is at least ``min_gain`` of the
   current plan's predicted latency (the estimate's noise must not move models back and
-  forth), both also under the rates of every other candidate window with enough history
-  (the smallest gain counts): a plan tuned to a window that saw a passing shift must still
-  pay off on the longer history, so popularity that keeps rotating does not make the
-  cluster chase it.
+  forth), after at least two windows of history, and only to a plan that overloads no group
+  under the rates of the other candidate windows (up to 4x the chosen one) where the
+  current plan does not: a plan tuned to a window that saw a passing shift must survive the
+  traffic coming back, so popularity that keeps rotating does not make the cluster chase
+  it, while a lasting shift does.
 
 ``fixed`` mode is AlpaServe's Clockwork++ baseline (§2.5, ``sr-replace-60``): every
 ``interval_s`` seconds re-place with the rates of the last interval and switch whenever the
@@ -150,15 +150,11 @@ def rate_shift(a: Sequence[ServiceLoad], b: Sequence[ServiceLoad]) -> float:
     return max(tv, abs(tb - ta) / ta)
 
 
-def predicted_latency(plan: PlacementPlan, scorer: Scorer, horizon_s: float) -> float:
+def predicted_latency(plan: PlacementPlan, scorer: Scorer) -> float:
     """Rate-weighted mean E2E latency (s) the queueing estimate predicts for ``plan`` under
-    the scorer's loads over the next ``horizon_s`` seconds (each service's rate split evenly
-    over its replicas); inf when a service with traffic is placed nowhere.
-
-    An overloaded group's steady-state prediction (unbounded queues) is capped by a fluid
-    bound over the horizon: its backlog grows by ``rho - 1`` seconds of work per second, so
-    a request waits ``(rho - 1) x horizon / 2`` on average, after twice its served-alone
-    latency (``rho``: the group's utilization)."""
+    the scorer's loads (each service's rate split evenly over its replicas; an overloaded
+    group's services get the estimate's overload latency, which grows with the overload);
+    inf when a service with traffic is placed nowhere."""
     counts = Counter(m for g in plan.groups for m in g.models)
     if any(s.rate > 0 and not counts[n] for n, s in scorer.services.items()):
         return math.inf
@@ -168,12 +164,19 @@ def predicted_latency(plan: PlacementPlan, scorer: Scorer, horizon_s: float) -> 
         if not members:
             continue
         _, est = scorer.group(g.tensor_parallel_size, members)
-        for m, r in members:
-            e2e = est.e2e_s[m]
-            if not est.feasible:
-                e2e = min(e2e, 2 * scorer.alone_s(m) + max(est.utilization - 1, 0.0) * horizon_s / 2)
-            total += r * e2e
+        total += sum(r * est.e2e_s[m] for m, r in members)
     return total / scorer.total_rate
+
+
+def overloaded(plan: PlacementPlan, scorer: Scorer) -> bool:
+    """Whether some group of ``plan`` with traffic is predicted saturated (or out of KV
+    memory) under the scorer's loads."""
+    counts = Counter(m for g in plan.groups for m in g.models)
+    for g in plan.groups:
+        members = [(m, scorer.services[m].rate / counts[m]) for m in g.models]
+        if members and sum(r for _, r in members) > 0 and not scorer.group(g.tensor_parallel_size, members)[1].feasible:
+            return True
+    return False
 
 
 def align_plan(old: PlacementPlan, new: PlacementPlan, cluster: ClusterSpec) -> PlacementPlan:
@@ -383,7 +386,7 @@ class Replanner:
             self.decisions.append(ReplacementDecision(t, window, shift))
             return None
         scorer = Scorer(self.cluster, loads, chunk_tokens=self.chunk_tokens)
-        e_now = predicted_latency(self.plan, scorer, window)
+        e_now = predicted_latency(self.plan, scorer)
         total = sum(s.rate for s in loads)
         cands = [self.place(loads)]
         if cfg.mode == "adaptive" and self.reassign is not None:
@@ -391,30 +394,27 @@ class Replanner:
                 cands.append(self.reassign(loads, self.plan))
             except ValueError:
                 pass  # the current groups cannot hold every service
-        # adaptive: a plan must also pay off under the rates of every other candidate window
-        # with enough history (robust to a window that only saw a passing burst)
+        # adaptive: the rates of the other candidate windows up to 4x the chosen one, each a
+        # history the traffic may return to: a new plan must not overload under any of them
+        # where the current plan does not (a hedge against chasing a passing shift)
         others = []
         if cfg.mode == "adaptive":
             for w in cfg.windows_s:
-                if w != window and w <= t:
+                if w != window and w <= t and w <= 4 * window:
                     ls = self.monitor.loads(t, w)
                     if sum(x.rate for x in ls) > 0:
-                        others.append((ls, Scorer(self.cluster, ls, chunk_tokens=self.chunk_tokens)))
+                        others.append(Scorer(self.cluster, ls, chunk_tokens=self.chunk_tokens))
         best = None
         for k, cand in enumerate(cands):
             new = align_plan(self.plan, cand, self.cluster)
-            e_new = predicted_latency(new, scorer, window)
+            e_new = predicted_latency(new, scorer)
             change = plan_change(self.plan, new)
             gain = total * window * (e_now - e_new) if math.isfinite(e_now) else math.inf
             rel = (e_now - e_new) / e_now if math.isfinite(e_now) and e_now > 0 else math.inf
-            for ls, sc in others:
-                a, b = predicted_latency(self.plan, sc, window), predicted_latency(new, sc, window)
-                if math.isfinite(a):
-                    tot = sum(x.rate for x in ls)
-                    gain = min(gain, tot * window * (a - b))
-                    rel = min(rel, (a - b) / a if a > 0 else 0.0)
+            if any(overloaded(new, sc) and not overloaded(self.plan, sc) for sc in others):
+                gain = rel = -math.inf
             cost = switching_cost(change, self.plan, scorer, self.bandwidth)
-            key = (gain - cost if math.isfinite(gain) else math.inf, -k)
+            key = (gain - cost, -k)
             if best is None or key > best[0]:
                 best = (key, new, e_new, change, gain, cost, rel)
         _, new, e_new, change, gain, cost, rel = best
@@ -422,7 +422,8 @@ class Replanner:
         if cfg.mode == "fixed":
             switch = moved > 0
         else:
-            switch = moved > 0 and gain - cost > 0 and rel >= cfg.min_gain
+            # at least two windows of history: one window alone cannot tell a burst from a shift
+            switch = bool(others) and moved > 0 and gain - cost > 0 and rel >= cfg.min_gain
         self.last_plan_s, self._tried_loads = t, loads
         self.decisions.append(ReplacementDecision(t, window, shift, gain, cost, switch, moved, (e_now, e_new)))
         if not switch:
