@@ -64,6 +64,14 @@ class RooflineCostModel:
         self.shape = shape
         self.device = device
         self.tensor_parallel_size = tensor_parallel_size
+        # integer coefficients of flops() and bytes() and the device's rates, computed once:
+        # step_time is the simulator's innermost call (same values, int arithmetic is exact)
+        s = shape
+        self._per_token_flops = 2 * s.num_layers * s.layer_params
+        self._per_pair_flops = 4 * s.num_layers * s.num_heads * s.head_dim
+        self._per_sample_flops = 2 * s.vocab_size * s.hidden_size
+        self._weights_bytes, self._kv_bytes = s.weights_bytes, s.kv_bytes_per_token
+        self._peak_flops = device.flops(s.dtype_bytes)
 
     def all_reduce_time(self, b: BatchShape) -> float:
         """Seconds of the step's all-reduces (0 without tensor parallelism)."""
@@ -85,5 +93,8 @@ class RooflineCostModel:
 
     def step_time(self, batch: BatchShape) -> float:
         d, tp = self.device, self.tensor_parallel_size
-        return max(self.flops(batch) / d.flops(self.shape.dtype_bytes), self.bytes(batch) / d.memory_bandwidth) / tp \
-            + self.all_reduce_time(batch) + d.step_overhead_s
+        flops = self._per_token_flops * batch.num_tokens + self._per_pair_flops * batch.attention_pairs \
+            + self._per_sample_flops * batch.num_sampled
+        nbytes = self._weights_bytes + self._kv_bytes * (batch.num_context_tokens + batch.num_tokens)
+        comm = self.all_reduce_time(batch) if tp > 1 else 0.0
+        return max(flops / self._peak_flops, nbytes / d.memory_bandwidth) / tp + comm + d.step_overhead_s

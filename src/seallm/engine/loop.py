@@ -128,6 +128,17 @@ class EngineLoop:
             self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time, events, replies))
         return True
 
+    def settled(self) -> bool:
+        """No request waits for an admission verdict and no load or unload operation is
+        open: a turn with an empty inbox only runs the iteration and sends its deltas."""
+        return not self._unacked and not self._ops
+
+    def mark_sent(self, requests: list[Request]) -> None:
+        """The tokens of ``requests`` (unfinished) were delivered another way (a simulator's
+        fast-forward): the next delta of each starts after them."""
+        for r in requests:
+            self.sent[r.request_id] = r.num_output_tokens
+
     def _verdicts(self, updated: list[Request]) -> list[Delta]:
         """Late acknowledgements: the requests waiting for an SLO planner's verdict that got
         one (admitted, or best effort); a refused one's error delta is its verdict."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from seallm.sched.policy import SchedulingPolicy
@@ -33,6 +34,12 @@ class FCFSPolicy(SchedulingPolicy):
 
     def on_step(self, plan, result, now: float) -> None:
         self._last = plan.model
+
+    def steady_decode_until(self, model, requests, now: float) -> float | None:
+        return math.inf  # the order and the ring change only by on_step
+
+    def on_decode_run(self, model, requests, step_times, end_times, shapes) -> None:
+        self._last = model
 
     def priority_key(self, request: "Request", now: float) -> tuple[float, str]:
         return (request.arrival_time, request.request_id)

@@ -196,5 +196,15 @@ class ADBSPolicy(FCFSPolicy):
 
     def on_step(self, plan, result, now: float) -> None:
         super().on_step(plan, result, now)
-        h = self._batches.setdefault(plan.model, deque(maxlen=self.config.history))
-        h.append(len(plan.seqs))
+        self._batches.setdefault(plan.model, deque(maxlen=self.config.history)).append(len(plan.seqs))
+
+    def steady_decode_until(self, model, requests, now: float) -> float | None:
+        """Until the next re-adaptation of the quotas (the quotas must exist already)."""
+        if not self.quota_pages:
+            return None
+        return self._next_adapt if self._next_adapt is not None else math.inf
+
+    def on_decode_run(self, model, requests, step_times, end_times, shapes) -> None:
+        super().on_decode_run(model, requests, step_times, end_times, shapes)
+        h = self._batches.setdefault(model, deque(maxlen=self.config.history))
+        h.extend([len(requests)] * min(len(step_times), h.maxlen or len(step_times)))

@@ -10,12 +10,13 @@ doubling-budget policy and the SLOs-Serve planner plug in here without engine ch
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from seallm.core import Request, StepPlan, StepResult
+    from seallm.cost import BatchShape
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,29 @@ class SchedulingPolicy(ABC):
 
     def on_finish(self, request: "Request", now: float) -> None:
         """Forget per-request state. Default: nothing."""
+
+    # ---- fast-forward (the simulator, :mod:`seallm.sim.fastforward`) -----------------------
+    def steady_decode_until(self, model: str, requests: Sequence["Request"], now: float) -> float | None:
+        """Until when (s) the policy plans a *steady decode batch* the same way, iteration
+        after iteration: ``requests`` are every request of the device, all of ``model``, all
+        running and decoding (one token each), nothing waiting. Up to that time every
+        iteration must be the default allocation (all of them, one token each, any order),
+        and the policy's state must change only as :meth:`on_decode_run` changes it, so a
+        simulator may run many such iterations in one go with results identical to
+        step-by-step ones. None (the default): not supported, never fast-forwarded."""
+        return None
+
+    def on_decode_run(self, model: str, requests: Sequence["Request"], step_times: Sequence[float],
+                      end_times: Sequence[float], shapes: Sequence["BatchShape"]) -> None:
+        """``len(step_times)`` iterations of a steady decode batch ran (each took
+        ``step_times[j]`` s, ended at ``end_times[j]`` s, had shape ``shapes[j]``): change
+        the state exactly as that many :meth:`on_step` calls would. Only called after
+        :meth:`steady_decode_until` allowed it.
+
+        Raises:
+            NotImplementedError: a policy that does not support fast-forward.
+        """
+        raise NotImplementedError(f"policy {self.name!r} does not support fast-forward")
 
 
 POLICIES = ("fcfs", "seallm", "slos-serve", "sarathi", "muxserve")

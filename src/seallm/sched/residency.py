@@ -271,6 +271,11 @@ class ResidencyManager:
         """A load under way, or an asked-for load or unload not done yet."""
         return self.loading is not None or bool(self._unloads) or any(m not in self.resident for m in self._loads)
 
+    def quiet(self) -> bool:
+        """Nothing pending and nothing drained: with no request waiting, :meth:`step`
+        decides nothing and changes nothing (a simulator may fast-forward over it)."""
+        return not self.has_pending() and not self._drained
+
     def pending_unload(self, model: str) -> bool:
         return model in self._unloads
 

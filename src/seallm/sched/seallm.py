@@ -71,6 +71,7 @@ paper's listing is not available:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -285,17 +286,8 @@ class SeaLLMPolicy(SchedulingPolicy):
         self._last_run[plan.model] = self._steps
         prefill = sum(s.num_tokens for s in plan.seqs if not s.is_decode)
         decode = sum(1 for s in plan.seqs if s.is_decode)
-        prof = self.profile(plan.model)
-        prof.observe_step(result.step_time, prefill, decode)
-        prof.observe_batch(BatchShape.of(plan), result.step_time)
-        every = self.config.refit_every_steps
-        if every is not None and prof.num_samples >= 32:
-            self._since_refit[plan.model] = n = self._since_refit.get(plan.model, 0) + 1
-            if n >= every:
-                self._since_refit[plan.model] = 0
-                prof.refit()
+        prof = self._observe(plan.model, result.step_time, prefill, decode, BatchShape.of(plan))
         by_work = self.config.accounting == "work"
-        budget_order = self.config.demotion_order == "budget"
         ran = set()
         for s in plan.seqs:
             st = self._state.get(s.request_id)
@@ -303,19 +295,11 @@ class SeaLLMPolicy(SchedulingPolicy):
                 continue
             ran.add(s.request_id)
             if not by_work:
-                st.attained_s += result.step_time
+                self._charge(st, result.step_time, now)
             elif s.is_decode:
-                st.attained_s += prof.iteration_time_s
+                self._charge(st, prof.iteration_time_s, now)
             else:
-                st.attained_s += s.num_tokens * prof.prefill_time_per_token_s
-            st.last_ran = now
-            while st.attained_s >= st.budget_s:
-                st.level += 1
-                if budget_order and st.boost > 0:
-                    st.boost -= 1
-                st.attained_s -= st.budget_s
-                if self.config.doubling:
-                    st.budget_s *= 2
+                self._charge(st, s.num_tokens * prof.prefill_time_per_token_s, now)
         interval, factor = self.config.aging_interval_s, self.config.aging_factor
         if interval is not None or factor is not None:
             for rid, st in self._state.items():
@@ -336,6 +320,54 @@ class SeaLLMPolicy(SchedulingPolicy):
                 if st.waited_s >= guard * st.budget_s:
                     st.boost += 1
                     st.waited_s = 0.0
+
+    def _observe(self, model: str, step_time_s: float, prefill: int, decode: int, shape: BatchShape) -> ServiceProfile:
+        """An iteration of ``model`` ran: refresh its service profile (and refit its step-time
+        model every ``refit_every_steps`` of its iterations); returns the profile."""
+        prof = self.profile(model)
+        prof.observe_step(step_time_s, prefill, decode)
+        prof.observe_batch(shape, step_time_s)
+        every = self.config.refit_every_steps
+        if every is not None and prof.num_samples >= 32:
+            self._since_refit[model] = n = self._since_refit.get(model, 0) + 1
+            if n >= every:
+                self._since_refit[model] = 0
+                prof.refit()
+        return prof
+
+    def _charge(self, st: _DBState, work_s: float, now: float) -> None:
+        """A request ran: its attained service grows by ``work_s`` (s); each budget it fills
+        demotes it one level (taking back one boost) and doubles its budget (rule 3)."""
+        st.attained_s += work_s
+        st.last_ran = now
+        while st.attained_s >= st.budget_s:
+            st.level += 1
+            if self.config.demotion_order == "budget" and st.boost > 0:
+                st.boost -= 1
+            st.attained_s -= st.budget_s
+            if self.config.doubling:
+                st.budget_s *= 2
+
+    def steady_decode_until(self, model, requests, now: float) -> float | None:
+        """Always (no aging or tail-guard wait accrues: every request of the device runs),
+        provided the policy tracks exactly these requests."""
+        if len(self._state) != len(requests) or any(r.request_id not in self._state for r in requests):
+            return None
+        return math.inf
+
+    def on_decode_run(self, model, requests, step_times, end_times, shapes) -> None:
+        states = [self._state[r.request_id] for r in requests]
+        by_work = self.config.accounting == "work"
+        b = len(requests)
+        for t, now, shape in zip(step_times, end_times, shapes):
+            self._steps += 1
+            prof = self._observe(model, t, 0, b, shape)
+            work = prof.iteration_time_s if by_work else t
+            for st in states:
+                self._charge(st, work, now)
+        if end_times:
+            self._prev_now = end_times[-1]
+            self._last_run[model] = self._steps
 
     def on_finish(self, request: "Request", now: float) -> None:
         self._state.pop(request.request_id, None)

@@ -113,6 +113,7 @@ class ClusterRun:
         wall_s: wall time of the simulation (s, excluding placement).
         replacements: every look of the replanner (:class:`ReplacementDecision`), those
             with ``switched`` set changed the plan.
+        num_fast_forwarded: of ``num_steps``, those run by fast-forward.
     """
 
     system: str
@@ -124,6 +125,7 @@ class ClusterRun:
     makespan_s: float
     wall_s: float
     replacements: tuple[ReplacementDecision, ...] = ()
+    num_fast_forwarded: int = 0
 
     @property
     def num_switches(self) -> int:
@@ -148,6 +150,10 @@ def group_replica(group: GroupPlan, services: Sequence[ServiceLoad], cluster: Cl
                        kv_cache_bytes=cluster.kv_bytes(tp, [s.arch for s in svcs]), device="simulated",
                        scheduler=scheduler, scheduling_policy=system.scheduling_policy)
     options = {}
+    if system.scheduling_policy == "seallm":
+        # its online refit of a step-time model only feeds saved profiles (no decision reads
+        # it) and the simulated step times come from the roofline model: skip the fits
+        options = {"refit_every_steps": None}
     if system.scheduling_policy == "muxserve":
         options = {"rates": {s.name: s.rate / max(replicas.get(s.name, 1), 1) for s in svcs},
                    "avg_seq_len": avg_seq_len}
@@ -159,9 +165,12 @@ def group_replica(group: GroupPlan, services: Sequence[ServiceLoad], cluster: Cl
 def simulate_cluster(requests: Sequence[BenchRequest], plan: PlacementPlan, cluster: ClusterSpec,
                      services: Sequence[ServiceLoad], system: SystemSpec,
                      scheduler: SchedulerConfig | None = None, max_steps: int = 200_000_000,
-                     replacement: ReplacementConfig | None = None) -> ClusterRun:
+                     replacement: ReplacementConfig | None = None, fast_forward: bool = True) -> ClusterRun:
     """Serve ``requests`` on the groups of ``plan`` with ``system``'s policy and routing,
     each non-empty group one :func:`group_replica`.
+
+    ``fast_forward``: run steady decode batches in one go (:mod:`seallm.sim.fastforward`;
+    identical results, False: step by step).
 
     ``replacement``: re-place while serving (:mod:`seallm.cluster.replacement`; the system's
     own placement algorithm on the rates the replanner measures; switches as in
@@ -197,12 +206,14 @@ def simulate_cluster(requests: Sequence[BenchRequest], plan: PlacementPlan, clus
                                    lambda g, loads, start: build(g, loads, start, replanner.plan))
     t0 = time.perf_counter()
     arrived, token_times, finish, refused = serve_replicas(requests, reps, set().union(*served),
-                                                           Router(system.routing_policy), max_steps, served, driver)
+                                                           Router(system.routing_policy), max_steps, served, driver,
+                                                           fast_forward)
     wall = time.perf_counter() - t0
     return ClusterRun(system.name, plan, records_of(requests, arrived, token_times, finish, refused),
                       sum(r.core.num_steps for r in reps), sum(r.core.executor.busy_s for r in reps),
                       sum(r.core.scheduler.num_preemptions for r in reps), max(r.now for r in reps), wall,
-                      tuple(driver.replanner.decisions) if driver else ())
+                      tuple(driver.replanner.decisions) if driver else (),
+                      sum(r.fast_forwarded_steps for r in reps))
 
 
 def place(system: SystemSpec, services: Sequence[ServiceLoad], cluster: ClusterSpec,

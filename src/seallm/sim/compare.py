@@ -38,6 +38,7 @@ class SystemResult:
             slo_attainment={str(k): v for k, v in (o.slo_attainment or {}).items()},
             completed=o.num_completed, failed=o.num_failed, iterations=r.num_steps, busy_s=r.busy_s,
             preemptions=r.num_preemptions, makespan_s=r.makespan_s, simulation_wall_s=r.wall_s,
+            fast_forwarded_iterations=r.num_fast_forwarded,
             placement_search_s=r.plan.search_s, placement_objective=r.plan.objective,
             groups=[dict(devices=list(g.devices), tensor_parallel_size=g.tensor_parallel_size, models=list(g.models))
                     for g in r.plan.groups if g.models],
@@ -65,11 +66,13 @@ def parse_system(entry: str, default: ReplacementConfig) -> tuple[str, Replaceme
 
 
 def compare_systems(cfg: ClusterConfig, systems: Sequence[str], seed: int = 0,
-                    on_done: Callable[[str], None] | None = None) -> dict[str, SystemResult]:
+                    on_done: Callable[[str], None] | None = None,
+                    fast_forward: bool = True) -> dict[str, SystemResult]:
     """Plan and simulate each of ``systems`` (names in :data:`~seallm.sim.cluster.SYSTEMS`,
     each optionally ``@none``, ``@fixed`` or ``@adaptive`` for its replacement mode; default
     ``cfg.replacement``) on ``cfg``'s cluster and requests; ``on_done(entry)`` after each (a
-    progress bar). Results are keyed by the entries as given.
+    progress bar). Results are keyed by the entries as given. ``fast_forward``: as
+    :func:`~seallm.sim.cluster.simulate_cluster` (identical results; False: step by step).
 
     Raises:
         ValueError: an unknown system or mode, an empty workload, or a placement that fails.
@@ -83,7 +86,8 @@ def compare_systems(cfg: ClusterConfig, systems: Sequence[str], seed: int = 0,
     for entry, (name, replacement) in parsed.items():
         spec = SYSTEMS[name]
         plan = place(spec, loads, cfg.cluster, cfg.scheduler)
-        run = simulate_cluster(requests, plan, cfg.cluster, loads, spec, cfg.scheduler, replacement=replacement)
+        run = simulate_cluster(requests, plan, cfg.cluster, loads, spec, cfg.scheduler, replacement=replacement,
+                               fast_forward=fast_forward)
         out[entry] = SystemResult(run, compute_metrics(run.records, alone, cfg.slo_scales))
         if on_done:
             on_done(entry)

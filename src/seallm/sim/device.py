@@ -27,6 +27,7 @@ from seallm.engine.replica import ReplicaModel, ReplicaSpec
 from seallm.kv import KVSpec
 from seallm.sched import SchedulerConfig, SchedulingPolicy
 from seallm.cluster.router import ReplicaView, Router
+from seallm.sim.fastforward import fast_forward as fast_forward_run
 from seallm.sim.replacement import ReplacementDriver
 from seallm.sim.replica import SimulatedReplica, simulated_replica
 
@@ -59,6 +60,7 @@ class DeviceResult:
         num_steps: iterations run. busy_s: seconds the device computed (s).
         num_preemptions: requests that lost their KV pages. num_swap_outs: of them, swapped.
         makespan_s: time of the last event (s). num_loads: model loads (residency).
+        num_fast_forwarded: of ``num_steps``, those run by fast-forward.
     """
 
     records: tuple[RequestRecord, ...]
@@ -68,6 +70,7 @@ class DeviceResult:
     makespan_s: float
     num_swap_outs: int = 0
     num_loads: int = 0
+    num_fast_forwarded: int = 0
 
 
 def simulate_device(
@@ -86,6 +89,7 @@ def simulate_device(
     residency_preempt_after: float | None = 1.0,
     disk_bandwidth: float = 2e9,
     host_cache_bandwidth: float = 25e9,
+    fast_forward: bool = True,
 ) -> DeviceResult:
     """Serve ``requests`` on one simulated device and record every token's time.
 
@@ -98,6 +102,8 @@ def simulate_device(
     ``residency_policy`` / ``residency_preempt_after`` hold fewer models than ``models`` on the device at once (as in a
     deployment file); a load takes ``weights_bytes / disk_bandwidth`` the first time and
     ``weights_bytes / host_cache_bandwidth`` from the host weight cache after that (s).
+    ``fast_forward``: run steady decode batches in one go (:mod:`seallm.sim.fastforward`;
+    identical results; False: step by step).
 
     A request the replica refuses (a prompt over the model's context length, one that cannot
     fit in the whole KV pool) fails alone, as a live server answers it with HTTP 400: its
@@ -110,7 +116,8 @@ def simulate_device(
                              max_steps=max_steps, swap_pages=swap_pages, swap_bandwidth=swap_bandwidth,
                              max_resident_models=max_resident_models, weights_memory_bytes=weights_memory_bytes,
                              residency_policy=residency_policy, residency_preempt_after=residency_preempt_after,
-                             disk_bandwidth=disk_bandwidth, host_cache_bandwidth=host_cache_bandwidth)
+                             disk_bandwidth=disk_bandwidth, host_cache_bandwidth=host_cache_bandwidth,
+                             fast_forward=fast_forward)
 
 
 def simulate_replicas(
@@ -131,6 +138,7 @@ def simulate_replicas(
     residency_preempt_after: float | None = 1.0,
     disk_bandwidth: float = 2e9,
     host_cache_bandwidth: float = 25e9,
+    fast_forward: bool = True,
 ) -> DeviceResult:
     """Serve ``requests`` on ``num_replicas`` identical simulated replicas (each its own KV
     pool of ``kv_pages`` pages, its own policy from ``policy_factory``, and the device
@@ -157,12 +165,14 @@ def simulate_replicas(
                               policy=policy_factory(), swap_bandwidth=swap_bandwidth, disk_bandwidth=disk_bandwidth,
                               host_cache_bandwidth=host_cache_bandwidth) for _ in range(num_replicas)]
     known = {m.name for m in models}
-    arrived, token_times, finish, refused = serve_replicas(requests, reps, known, router, max_steps)
+    arrived, token_times, finish, refused = serve_replicas(requests, reps, known, router, max_steps,
+                                                           fast_forward=fast_forward)
     return DeviceResult(records_of(requests, arrived, token_times, finish, refused),
                         sum(r.core.num_steps for r in reps), sum(r.core.executor.busy_s for r in reps),
                         sum(r.core.scheduler.num_preemptions for r in reps), max(r.now for r in reps),
                         sum(r.core.scheduler.num_swap_outs for r in reps),
-                        num_loads=sum(r.core.executor.num_loads for r in reps))
+                        num_loads=sum(r.core.executor.num_loads for r in reps),
+                        num_fast_forwarded=sum(r.fast_forwarded_steps for r in reps))
 
 
 def records_of(requests: Sequence[BenchRequest], arrived: dict[str, float], token_times: dict[str, list[float]],
@@ -194,7 +204,8 @@ def records_of(requests: Sequence[BenchRequest], arrived: dict[str, float], toke
 
 def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedReplica], known: set[str],
                    router: Router | None = None, max_steps: int = 50_000_000,
-                   models_of: Sequence[frozenset[str]] | None = None, driver: ReplacementDriver | None = None):
+                   models_of: Sequence[frozenset[str]] | None = None, driver: ReplacementDriver | None = None,
+                   fast_forward: bool = True):
     """Drive simulated replicas through a workload by events, as a front end drives live ones.
 
     The replica furthest behind in simulated time steps next; an arrival is delivered once
@@ -218,6 +229,11 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
     router (recomputed: the prompt plus the tokens generated, for the tokens still owed);
     new replicas are appended to ``replicas`` and start after their weights load. A
     replica not started yet is routed to only when no started one serves the model.
+
+    ``fast_forward``: run steady decode batches in one go (:mod:`seallm.sim.fastforward`),
+    up to the next event that could reach the replica (the next arrival or replacement
+    check; with chained or forwarded requests, also the next step of any other replica);
+    the results are identical to step-by-step (False).
 
     Raises:
         ValueError: a request of an unknown model or following an unknown request, a stall,
@@ -274,6 +290,18 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
         if t is not None:
             heapq.heappush(events, (t, n))
 
+    chains = bool(followers)
+    forwards = False  # some request has more than one replica to try (429s are forwarded)
+
+    def horizon(n: int) -> float:
+        """Before when replica ``n`` may run iterations without looking at anything else."""
+        h = arrivals[0][0] if arrivals else math.inf
+        if driver is not None and arrivals:
+            h = min(h, driver.next_check_s)
+        if chains or forwards:  # another replica's output could bring an arrival earlier
+            h = min([h] + [t for m, t in enumerate(nxt) if m != n and t is not None])
+        return h
+
     while True:
         while events and events[0][0] != nxt[events[0][1]]:
             heapq.heappop(events)  # stale
@@ -307,6 +335,7 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
                 tries[i] = [0] if router is None else router.try_order(b.model, views(t_arr))
                 if not tries[i]:
                     raise ValueError(f"no replica serves model {b.model!r}")
+                forwards = forwards or len(tries[i]) > 1
                 if rid not in arrived:  # not a migration
                     arrived[rid] = t_arr
                     token_times[rid] = []
@@ -331,6 +360,15 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
         rep = replicas[n]
         if t_rep > rep.now:  # only a load under way: jump to its end
             rep.advance_to(t_rep)
+        if fast_forward:
+            run = fast_forward_run(rep, horizon(n), max_steps + 1 - rep.core.num_steps)
+            if run is not None:
+                for r in run.requests:
+                    token_times[r.request_id].extend(run.end_times)
+                refresh(n)
+                if rep.core.num_steps > max_steps:
+                    raise ValueError(f"simulation exceeded {max_steps} iterations")
+                continue
         rep.step()
         refresh(n)
         t = rep.now

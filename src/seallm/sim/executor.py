@@ -78,9 +78,12 @@ class CostModelExecutor:
         """Simulated time at which the next load finishes (None: none under way)."""
         return min((d for d, _, _ in self._loads.values()), default=None)
 
+    def iteration_time(self, model: str, shape: BatchShape) -> float:
+        """Predicted seconds of an iteration of ``model`` with batch ``shape`` (at least 1 ns)."""
+        return max(float(self.cost_models[model].step_time(shape)), 1e-9)
+
     def execute(self, plan: StepPlan) -> StepResult:
-        t = float(self.cost_models[plan.model].step_time(BatchShape.of(plan)))
-        t = max(t, 1e-9)
+        t = self.iteration_time(plan.model, BatchShape.of(plan))
         swap = sum(len(c.pages) for c in plan.swaps) * self.page_size_bytes / self.swap_bandwidth
         self.busy_s += t + swap
         samples = {s.request_id: SampleOutput(self.token_id) for s in plan.seqs if s.sample}

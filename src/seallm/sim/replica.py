@@ -19,6 +19,8 @@ class SimulatedReplica(LocalReplica):
     replicas by stepping the one that is furthest behind."""
 
     clock: ManualClock
+    #: iterations run by :func:`seallm.sim.fastforward.fast_forward` (part of ``core.num_steps``)
+    fast_forwarded_steps: int = 0
 
     @property
     def now(self) -> float:
@@ -32,6 +34,11 @@ class SimulatedReplica(LocalReplica):
         if self._inbox or not self.core.idle:
             return self.now
         return self.core.executor.next_load_done()
+
+    def quiet(self) -> bool:
+        """No message waiting to be taken and none of the loop's operations open: the next
+        turn only runs an iteration (see :mod:`seallm.sim.fastforward`)."""
+        return not self._inbox and self.loop.settled()
 
     def advance_to(self, t: float) -> None:
         """Move an idle replica's clock to ``t`` (an arrival, or the end of its load)."""

@@ -1,0 +1,169 @@
+"""Exact fast-forward of steady decode batches: the same results as step-by-step simulation,
+request by request and token by token (torch-free)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from seallm.bench.workload import BenchRequest
+from seallm.cluster.replacement import ReplacementConfig
+from seallm.core import ManualClock, Request, SamplingParams
+from seallm.cost import MaxAffineCostModel
+from seallm.kv import KVCacheManager, KVSpec, PagePool
+from seallm.sched import Scheduler, SchedulerConfig, make_policy
+from seallm.sim import SimModel, simulate_device
+from seallm.sim.cluster import SYSTEMS, place, service_loads, simulate_cluster
+from seallm.sim.device import simulate_replicas
+from seallm.sim.fastforward import fast_forward
+
+from tests.sim.test_cluster import SMALL
+
+SPEC = KVSpec(num_layers=2, num_kv_heads=2, head_dim=8, dtype_bytes=4)  # 256 B/token
+PAGE = 256 * 16
+# 1 ms per iteration + 0.1 ms per batch token + 1 us per context token
+COST = MaxAffineCostModel(((1e-4, 1e-6, 1e-3),))
+MODELS = (SimModel("a", SPEC, COST), SimModel("b", SPEC, COST))
+
+
+def workload(n: int, seed: int, models=("a", "b"), rate: float = 40.0, max_out: int = 200) -> list[BenchRequest]:
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(BenchRequest(rng.choice(models), t, rng.randint(1, 120), rng.randint(1, max_out)))
+    return out
+
+
+def same(a, b, fast_forwards: bool = True) -> None:
+    """Two simulation results, ``a`` fast-forwarded (``fast_forwards``: some iterations were)
+    and ``b`` step by step, agree exactly: every record (token times included), the totals."""
+    assert a.records == b.records
+    assert (a.num_fast_forwarded > 0) == fast_forwards and b.num_fast_forwarded == 0
+    assert (a.num_steps, a.busy_s, a.makespan_s, a.num_preemptions) == (b.num_steps, b.busy_s, b.makespan_s,
+                                                                       b.num_preemptions)
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "seallm", "muxserve", "slos-serve"])
+@pytest.mark.parametrize("pages,mode", [(400, "recompute"), (24, "recompute"), (24, "swap")])
+def test_one_device_fast_forward_equals_step_by_step(policy, pages, mode):
+    reqs = workload(60, seed=pages)
+    cfg = SchedulerConfig(max_num_batched_tokens=128, max_num_seqs=8, preemption_mode=mode)
+    runs = [simulate_device(reqs, MODELS, make_policy(policy), pages, PAGE, cfg, swap_pages=64, fast_forward=ff)
+            for ff in (True, False)]
+    same(*runs, fast_forwards=policy != "slos-serve")  # the SLO planner re-plans: never steady
+    assert all(r.ok and r.tokens_out == q.output_len for r, q in zip(runs[0].records, reqs))
+    if pages == 24:
+        assert runs[0].num_preemptions > 0  # memory pressure was exercised
+
+
+def test_fast_forward_stops_for_chains_forwards_and_loads():
+    # tool-calling chains (an arrival that another replica's finish brings), try-then-forward
+    # routing over two replicas, and models loaded on demand: still identical
+    reqs = workload(40, seed=7, rate=20.0)
+    reqs += [BenchRequest("a", 0.0, 30, 40, after=i, tool_delay_s=0.05) for i in range(0, 40, 5)]
+    models = tuple(replace(m, weights_bytes=10**8) for m in MODELS)
+    kw = dict(max_resident_models=1, disk_bandwidth=1e10)
+    for routing in ("round_robin", "slo"):
+        runs = [simulate_replicas(reqs, models, lambda: make_policy("seallm"), 2, 200, PAGE, routing_policy=routing,
+                                  fast_forward=ff, **kw) for ff in (True, False)]
+        same(*runs)
+        assert runs[0].num_loads > 2
+
+
+@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_cluster_fast_forward_equals_step_by_step(system):
+    names = [s.name for s in SMALL.services]
+    reqs = SMALL.workload.requests(names, seed=5)
+    loads = service_loads(reqs, SMALL.archs, SMALL.workload.replay_s)
+    spec = SYSTEMS[system]
+    plan = place(spec, loads, SMALL.cluster)
+    runs = [simulate_cluster(reqs, plan, SMALL.cluster, loads, spec, SMALL.scheduler, fast_forward=ff)
+            for ff in (True, False)]
+    same(*runs)
+
+
+def test_cluster_fast_forward_equals_step_by_step_while_re_placing():
+    names = [s.name for s in SMALL.services]
+    wl = replace(SMALL.workload, drift_period_s=5.0, duration_s=30.0)
+    reqs = wl.requests(names, seed=2)
+    loads = service_loads(reqs, SMALL.archs, wl.replay_s)
+    spec = SYSTEMS["seallm"]
+    plan = place(spec, loads, SMALL.cluster)
+    rc = ReplacementConfig(mode="fixed", interval_s=6.0)
+    runs = [simulate_cluster(reqs, plan, SMALL.cluster, loads, spec, SMALL.scheduler, replacement=rc,
+                             fast_forward=ff) for ff in (True, False)]
+    same(*runs)
+    assert runs[0].replacements == runs[1].replacements and runs[0].num_switches > 0
+
+
+def _scheduler(pages: int, policy: str = "seallm") -> Scheduler:
+    return Scheduler(KVCacheManager(PagePool(pages, PAGE)), make_policy(policy), SchedulerConfig(),
+                     specs={"a": SPEC})
+
+
+def _decoding(sched: Scheduler, n: int, prompt: int, max_tokens: int) -> list[Request]:
+    sched.add_model("a")
+    reqs = [Request(str(i), "a", [5] * prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True), 0.0)
+            for i in range(n)]
+    for r in reqs:
+        sched.add_request(r)
+    while any(r.num_output_tokens == 0 for r in reqs):  # prefill: first tokens sampled
+        plan = sched.schedule(0.0)
+        from seallm.core import SampleOutput, StepResult
+        sched.update(plan, StepResult("a", {s.request_id: SampleOutput(3) for s in plan.seqs if s.sample}, 1e-3), 0.0)
+    return reqs
+
+
+def test_decode_run_limit_stops_before_a_finish_and_before_pages_run_out():
+    sched = _scheduler(pages=100)
+    reqs = _decoding(sched, 2, prompt=10, max_tokens=30)
+    model, batch = sched.steady_decode()
+    assert model == "a" and set(batch) == set(reqs)
+    assert sched.decode_run_limit("a", batch, token_id=3) == 28  # 1 token out, the 30th finishes
+    assert sched.decode_run_limit("a", batch, token_id=7) == 28
+    stop = replace(reqs[0].params, stop_token_ids=(3,))
+    reqs[0].params = stop
+    assert sched.decode_run_limit("a", batch, token_id=3) == 0  # the next sample may stop it
+    reqs[0].params = replace(stop, stop_token_ids=())
+
+    tight = _scheduler(pages=4)  # 16 tokens per page; the prompts took one page each
+    reqs = _decoding(tight, 2, prompt=10, max_tokens=40)
+    _, batch = tight.steady_decode()
+    assert tight.kv.pool.num_free == 2
+    # each request grows from 10 computed tokens; at 32 tokens each holds 2 pages, all 4
+    assert tight.decode_run_limit("a", batch, token_id=3) == 22
+    tight.apply_decode_run("a", batch, 22, 3, first_token_time=0.5)
+    tight.check_integrity()
+    assert tight.kv.pool.num_free == 0 and all(r.num_computed_tokens == 32 for r in batch)
+    assert tight.decode_run_limit("a", batch, token_id=3) == 0
+
+
+def test_no_steady_batch_while_anything_waits_or_two_models_run():
+    sched = _scheduler(pages=100)
+    _decoding(sched, 2, prompt=10, max_tokens=30)
+    assert sched.steady_decode() is not None
+    sched.add_request(Request("w", "a", [5] * 10, SamplingParams(max_tokens=5), 0.0))
+    assert sched.steady_decode() is None  # a waiting request: the next plan admits it
+
+
+def test_policies_without_fast_forward_support_are_never_fast_forwarded():
+    assert make_policy("slos-serve").steady_decode_until("a", [], 0.0) is None
+    with pytest.raises(NotImplementedError):
+        make_policy("sarathi").on_decode_run("a", [], [], [], [])
+    from seallm.sim.replica import simulated_replica
+    from seallm.engine.replica import ReplicaModel, ReplicaSpec
+
+    spec = ReplicaSpec(models=(ReplicaModel("a", SPEC),), kv_cache_bytes=100 * PAGE, device="simulated",
+                       page_size_bytes=PAGE, scheduling_policy="slos-serve")
+    rep = simulated_replica(spec, {"a": COST}, {"a": MODELS[0]})
+    from seallm.engine.messages import AddRequest
+
+    rep.submit(AddRequest("0", "a", [5] * 10, SamplingParams(max_tokens=50, ignore_eos=True), 0.0))
+    rep.step()
+    rep.step()
+    assert rep.core.scheduler.steady_decode() is not None
+    assert fast_forward(rep) is None
+    assert isinstance(rep.clock, ManualClock)
