@@ -35,7 +35,7 @@ class FCFSPolicy(SchedulingPolicy):
     def on_step(self, plan, result, now: float) -> None:
         self._last = plan.model
 
-    def steady_decode_until(self, model, requests, now: float) -> float | None:
+    def steady_decode_until(self, batches, now: float) -> float | None:
         return math.inf  # the order and the ring change only by on_step
 
     def on_decode_run(self, model, requests, step_times, end_times, shapes) -> None:

@@ -198,7 +198,7 @@ class ADBSPolicy(FCFSPolicy):
         super().on_step(plan, result, now)
         self._batches.setdefault(plan.model, deque(maxlen=self.config.history)).append(len(plan.seqs))
 
-    def steady_decode_until(self, model, requests, now: float) -> float | None:
+    def steady_decode_until(self, batches, now: float) -> float | None:
         """Until the next re-adaptation of the quotas (the quotas must exist already)."""
         if not self.quota_pages:
             return None

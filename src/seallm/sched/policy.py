@@ -118,22 +118,25 @@ class SchedulingPolicy(ABC):
         """Forget per-request state. Default: nothing."""
 
     # ---- fast-forward (the simulator, :mod:`seallm.sim.fastforward`) -----------------------
-    def steady_decode_until(self, model: str, requests: Sequence["Request"], now: float) -> float | None:
-        """Until when (s) the policy plans a *steady decode batch* the same way, iteration
-        after iteration: ``requests`` are every request of the device, all of ``model``, all
-        running and decoding (one token each), nothing waiting. Up to that time every
-        iteration must be the default allocation (all of them, one token each, any order),
-        and the policy's state must change only as :meth:`on_decode_run` changes it, so a
-        simulator may run many such iterations in one go with results identical to
+    def steady_decode_until(self, batches: Mapping[str, Sequence["Request"]], now: float) -> float | None:
+        """Until when (s) the policy plans a device in *steady decode* the same way:
+        ``batches`` maps each model with work to its running requests, which are every
+        request of the device, all decoding (one token each), nothing waiting. Up to that
+        time each iteration must run the first model of :meth:`model_order` with the
+        default allocation (all its requests, one token each, any order), model turns and
+        priorities must not depend on KV pages, and the policy's state must change only as
+        :meth:`on_decode_run` changes it, so that a simulator may run such iterations
+        without plans (:mod:`seallm.sim.fastforward`), with results identical to
         step-by-step ones. None (the default): not supported, never fast-forwarded."""
         return None
 
     def on_decode_run(self, model: str, requests: Sequence["Request"], step_times: Sequence[float],
                       end_times: Sequence[float], shapes: Sequence["BatchShape"]) -> None:
-        """``len(step_times)`` iterations of a steady decode batch ran (each took
-        ``step_times[j]`` s, ended at ``end_times[j]`` s, had shape ``shapes[j]``): change
-        the state exactly as that many :meth:`on_step` calls would. Only called after
-        :meth:`steady_decode_until` allowed it.
+        """``len(step_times)`` iterations of ``model`` ran in a steady decode state, one
+        after the other, each with ``requests`` as its batch (each took ``step_times[j]`` s,
+        ended at ``end_times[j]`` s, had shape ``shapes[j]``; the device's other requests
+        did not run): change the state exactly as that many :meth:`on_step` calls would.
+        Only called after :meth:`steady_decode_until` allowed it.
 
         Raises:
             NotImplementedError: a policy that does not support fast-forward.

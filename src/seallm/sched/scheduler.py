@@ -598,81 +598,64 @@ class Scheduler:
         return out
 
     # ---- fast-forward (the simulator, :mod:`seallm.sim.fastforward`) -----------------------
-    def steady_decode(self) -> tuple[str, list[Request]] | None:
-        """The next iteration as a *steady decode batch*, or None: nothing waiting on any
-        model, every request of the device running, all of one model, each with one token
-        to compute (a decode: ``num_computed_tokens > 0``, no log-probabilities asked), all
-        within ``max_num_seqs`` and the token budget, and nothing left over from the last
-        plan (finished ids, page copies, refusals). Such a batch runs every request again,
-        one token each, until one finishes or pages run out (:meth:`decode_run_limit`)."""
+    def steady_decode(self) -> dict[str, list[Request]] | None:
+        """The device in a *steady decode* state, or None: nothing waiting on any model,
+        every request running, each with one token to compute (a decode:
+        ``num_computed_tokens > 0``, no log-probabilities asked), every model's batch within
+        ``max_num_seqs`` and the token budget, and nothing left over from the last plan
+        (finished ids, page copies, refusals). Then every iteration runs all running
+        requests of the model the policy picks, one token each, until one finishes or pages
+        run out. Returns the runnable requests per model, as :meth:`schedule` hands them to
+        ``policy.model_order`` (models in pool order)."""
         if self._finished_ids or self._swaps or self._failed:
             return None
         if any(self.waiting.values()):
             return None
-        model = None
-        for m, q in self.running.items():
-            if q:
-                if model is not None:
-                    return None
-                model = m
-        if model is None:
-            return None
-        reqs = self.running[model]
-        if len(reqs) > self.config.max_num_seqs or len(reqs) > self.config.max_num_batched_tokens:
-            return None
-        for r in reqs:
-            if r.num_computed_tokens == 0 or r.num_uncomputed_tokens != 1 or r.params.logprobs is not None:
+        cfg = self.config
+        out = {}
+        for m in self.kv.models:
+            reqs = self.running[m]
+            if not reqs:
+                continue
+            if len(reqs) > cfg.max_num_seqs or len(reqs) > cfg.max_num_batched_tokens:
                 return None
-        return model, list(reqs)
+            for r in reqs:
+                if r.num_computed_tokens == 0 or r.num_uncomputed_tokens != 1 or r.params.logprobs is not None:
+                    return None
+            out[m] = list(reqs)
+        return out or None
 
-    def decode_run_limit(self, model: str, requests: list[Request], token_id: int) -> int:
-        """Most iterations the steady decode batch ``requests`` can run, each request
-        sampling ``token_id``, with no request finishing (EOS, a stop token, ``max_tokens``
-        or the context length) and KV pages free for every token: iteration ``j`` (from 1)
-        grows each request to ``num_computed_tokens + j`` tokens."""
-        k = 1 << 62
-        for r in requests:
-            p = r.params
-            if token_id in p.stop_token_ids or (not p.ignore_eos and token_id in r.eos_token_ids):
-                return 0
-            k = min(k, p.max_tokens - r.num_output_tokens - 1, r.max_model_len - r.num_tokens - 1)
-        if k <= 0:
+    @staticmethod
+    def decode_steps_left(r: Request, token_id: int) -> int:
+        """Samples of ``token_id`` running ``r`` can take before one finishes it (EOS, a stop
+        token, ``max_tokens`` or the context length); the next one after them does."""
+        p = r.params
+        if token_id in p.stop_token_ids or (not p.ignore_eos and token_id in r.eos_token_ids):
             return 0
-        kv, free = self.kv, self.kv.pool.num_free
+        return max(0, min(p.max_tokens - r.num_output_tokens, r.max_model_len - r.num_tokens) - 1)
 
-        def pages(j: int) -> int:
-            return sum(kv.pages_needed(model, r.num_computed_tokens + j) - kv.num_pages_of(r.request_id)
-                       for r in requests)
+    def decode_step(self, requests: list[Request], token_id: int, now: float) -> None:
+        """One iteration of a steady decode batch applied without a plan: each of
+        ``requests`` computes its token and samples ``token_id`` at ``now`` (s), none
+        finishing (within :meth:`decode_steps_left`). Their KV pages are taken afterwards by
+        :meth:`settle_decode` (until then :meth:`check_integrity` fails)."""
+        for r in requests:
+            r.num_computed_tokens += 1
+            r.output_token_ids.append(token_id)
+            if r.first_token_time is None:
+                r.first_token_time = now
 
-        if pages(k) <= free:
-            return k
-        lo, hi = 0, k  # pages(lo) <= free < pages(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if pages(mid) <= free:
-                lo = mid
-            else:
-                hi = mid
-        return lo
-
-    def apply_decode_run(self, model: str, requests: list[Request], k: int, token_id: int,
-                         first_token_time: float) -> None:
-        """Apply ``k`` iterations of the steady decode batch ``requests`` at once, as ``k``
-        plans and :meth:`update` calls would (``k`` within :meth:`decode_run_limit`): each
-        request gets its pages, ``k`` more computed tokens and ``k`` samples of
-        ``token_id``; ``first_token_time``: the end of the first of them (s).
+    def settle_decode(self, requests: list[Request]) -> None:
+        """After :meth:`decode_step` calls: the pages for every token ``requests`` computed
+        (the caller checked that they are free), as the plans would have taken them.
 
         Raises:
-            RuntimeError: ``k`` beyond the free pages.
+            RuntimeError: the pages are not free.
         """
         for r in requests:
-            if not self.kv.allocate(r.request_id, model, r.num_computed_tokens + k):
-                raise RuntimeError(f"a decode run of {k} iterations does not fit the free pages")
-            r.num_computed_tokens += k
-            r.output_token_ids.extend([token_id] * k)
+            if not self.kv.allocate(r.request_id, r.model, r.num_computed_tokens):
+                raise RuntimeError(f"request {r.request_id}: its decode run does not fit the free pages")
             self._protected.discard(r.request_id)
-            if r.first_token_time is None:
-                r.first_token_time = first_token_time
 
     def check_integrity(self) -> None:
         """Queues and KV agree: every request is in exactly one queue once; running requests

@@ -300,6 +300,13 @@ class SeaLLMPolicy(SchedulingPolicy):
                 self._charge(st, prof.iteration_time_s, now)
             else:
                 self._charge(st, s.num_tokens * prof.prefill_time_per_token_s, now)
+        self._age(ran, now, dt)
+
+    def _age(self, ran: set[str], now: float, dt: float) -> None:
+        """Rule 4 for the requests that did not run in an iteration ending at ``now`` (s),
+        ``dt`` s after the previous one: aging boosts and the tail guard's wait."""
+        if len(ran) == len(self._state):
+            return  # every tracked request ran
         interval, factor = self.config.aging_interval_s, self.config.aging_factor
         if interval is not None or factor is not None:
             for rid, st in self._state.items():
@@ -348,26 +355,28 @@ class SeaLLMPolicy(SchedulingPolicy):
             if self.config.doubling:
                 st.budget_s *= 2
 
-    def steady_decode_until(self, model, requests, now: float) -> float | None:
-        """Always (no aging or tail-guard wait accrues: every request of the device runs),
-        provided the policy tracks exactly these requests."""
-        if len(self._state) != len(requests) or any(r.request_id not in self._state for r in requests):
+    def steady_decode_until(self, batches, now: float) -> float | None:
+        """Always, provided the policy tracks every one of these requests (model turns,
+        budgets, aging and the tail guard change only by :meth:`on_decode_run`)."""
+        if any(r.request_id not in self._state for rs in batches.values() for r in rs):
             return None
         return math.inf
 
     def on_decode_run(self, model, requests, step_times, end_times, shapes) -> None:
         states = [self._state[r.request_id] for r in requests]
+        ran = {r.request_id for r in requests}
         by_work = self.config.accounting == "work"
         b = len(requests)
         for t, now, shape in zip(step_times, end_times, shapes):
             self._steps += 1
+            dt = 0.0 if self._prev_now is None else max(now - self._prev_now, 0.0)
+            self._prev_now = now
             prof = self._observe(model, t, 0, b, shape)
             work = prof.iteration_time_s if by_work else t
             for st in states:
                 self._charge(st, work, now)
-        if end_times:
-            self._prev_now = end_times[-1]
-            self._last_run[model] = self._steps
+            self._age(ran, now, dt)
+        self._last_run[model] = self._steps
 
     def on_finish(self, request: "Request", now: float) -> None:
         self._state.pop(request.request_id, None)

@@ -363,8 +363,9 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
         if fast_forward:
             run = fast_forward_run(rep, horizon(n), max_steps + 1 - rep.core.num_steps)
             if run is not None:
-                for r in run.requests:
-                    token_times[r.request_id].extend(run.end_times)
+                for m, rs in run.batches.items():
+                    for r in rs:
+                        token_times[r.request_id].extend(run.end_times[m])
                 refresh(n)
                 if rep.core.num_steps > max_steps:
                     raise ValueError(f"simulation exceeded {max_steps} iterations")

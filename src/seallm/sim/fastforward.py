@@ -1,19 +1,22 @@
-"""Exact fast-forward of steady decode batches (torch-free).
+"""Exact fast-forward of steady decode iterations (torch-free).
 
-Most simulated iterations are decode steps of a batch that does not change: the same
-requests of one model, one token each, nothing waiting, no request finishing. Such a run of
-iterations is decided in advance: the scheduler would plan the same batch every time (the
-policy says until when, :meth:`SchedulingPolicy.steady_decode_until`), only the context
-lengths grow, so each iteration's shape and hence its cost-model time are known. This
-module runs the whole run in one go and applies exactly what the step-by-step loop would:
-the same clock additions in the same order, the same busy time, the same pages, tokens and
-token times, the same policy and residency updates. Results are identical to step-by-step
-simulation (``tests/sim/test_fastforward.py`` compares them request by request); only the
-per-iteration overhead of planning, plan objects, deltas and the event loop is skipped.
+Most simulated iterations are decode steps of batches that do not change: every request of
+the device running and decoding, one token each, nothing waiting, no request finishing;
+each iteration runs all requests of the model the policy picks. Such iterations need no
+planning: the policy says until when its decisions stay this simple
+(:meth:`SchedulingPolicy.steady_decode_until`), only context lengths grow, so each
+iteration's shape and hence its cost-model time are known. This module runs them in a tight
+loop and applies exactly what the step-by-step loop would: the policy's model turns
+(``model_order``), the same clock additions in the same order, the same busy time, tokens,
+token times and pages, the same policy (:meth:`SchedulingPolicy.on_decode_run`) and
+residency updates. Results are identical to step-by-step simulation
+(``tests/sim/test_fastforward.py`` compares them request by request); what is skipped is the
+per-iteration overhead of scheduling, plan objects, deltas and the event loop.
 
-The caller bounds the run by a time ``horizon``: the first step starting at or after it is
-left to the normal path (the next arrival, a replacement check, or another replica's
-output that could reach this one).
+The caller bounds a run by a time ``horizon``: the first iteration starting at or after it
+is left to the normal path (the next arrival, a replacement check, or another replica's
+output that could reach this one). A run also stops before an iteration in which a request
+would finish or would need a page that is not free.
 """
 
 from __future__ import annotations
@@ -25,26 +28,26 @@ from seallm.core import Request
 from seallm.cost import BatchShape
 from seallm.sim.replica import SimulatedReplica
 
-#: Shortest run worth fast-forwarding (iterations); shorter runs take the normal path.
-MIN_RUN = 2
-
-
 @dataclass(frozen=True)
 class DecodeRun:
-    """Iterations a fast-forward ran: their batch (``requests``) and each one's end (s)."""
+    """Iterations a fast-forward ran: per model, its batch (``batches``) and the end of
+    each of its iterations (``end_times``, s); every request of a batch sampled one token
+    at each of its model's end times."""
 
-    requests: tuple[Request, ...]
-    end_times: tuple[float, ...]
+    batches: dict[str, tuple[Request, ...]]
+    end_times: dict[str, list[float]]
+
+    @property
+    def num_steps(self) -> int:
+        return sum(len(t) for t in self.end_times.values())
 
 
 def fast_forward(rep: SimulatedReplica, horizon: float = math.inf, max_steps: int = 1 << 62) -> DecodeRun | None:
-    """Run ``rep``'s next iterations in one go while they form a steady decode batch
-    (:meth:`Scheduler.steady_decode`), start before ``horizon`` (s) and stay within
-    ``max_steps``; None (nothing done) when the next iteration is not one, or the run would
-    be shorter than :data:`MIN_RUN`.
+    """Run ``rep``'s next iterations without plans while the device is in a steady decode
+    state (:meth:`Scheduler.steady_decode`), each starting before ``horizon`` (s), at most
+    ``max_steps``; None (nothing done) when the next iteration is not such a one.
 
-    Every iteration of the run samples one token per request at its end time; the caller
-    records them (the replica sends no deltas for them).
+    The replica sends no deltas for these iterations: the caller records their tokens.
     """
     core = rep.core
     if not rep.quiet():
@@ -54,43 +57,67 @@ def fast_forward(rep: SimulatedReplica, horizon: float = math.inf, max_steps: in
         return None
     if ex.next_load_done() is not None:
         return None
-    steady = sched.steady_decode()
-    if steady is None:
+    batches = sched.steady_decode()
+    if batches is None:
         return None
-    model, reqs = steady
+    policy = sched.policy
     now = rep.now
-    until = sched.policy.steady_decode_until(model, reqs, now)
+    until = policy.steady_decode_until(batches, now)
     if until is None:
         return None
     horizon = min(horizon, until)
-    k_max = min(sched.decode_run_limit(model, reqs, ex.token_id), max_steps)
-    if k_max < MIN_RUN or now >= horizon:
-        return None
-    b = len(reqs)
-    ctx = sum(r.num_computed_tokens + 1 for r in reqs)  # KV tokens read by the first iteration
+    kv, token = sched.kv, ex.token_id
+    single = next(iter(batches)) if len(batches) == 1 else None
+    left = {m: [sched.decode_steps_left(r, token) for r in rs] for m, rs in batches.items()}
+    room = {m: [kv.num_pages_of(r.request_id) * kv.tokens_per_page(m) for r in rs] for m, rs in batches.items()}
+    tpp = {m: kv.tokens_per_page(m) for m in batches}
+    ctx = {m: sum(r.num_computed_tokens + 1 for r in rs) for m, rs in batches.items()}  # KV read, next iteration
+    free = kv.pool.num_free
     clock, cost = rep.clock, ex.iteration_time
-    times: list[float] = []
-    ends: list[float] = []
+    ends: dict[str, list[float]] = {m: [] for m in batches}
+    times: list[float] = []  # one model: its step times and shapes, for one on_decode_run
     shapes: list[BatchShape] = []
-    t = now
-    while len(ends) < k_max and t < horizon:
+    t, steps = now, 0
+    while steps < max_steps and t < horizon:
+        m = single if single is not None else policy.model_order(batches, t)[0]
+        reqs, lf, rooms = batches[m], left[m], room[m]
+        if min(lf) == 0:
+            break  # a request finishes in this iteration: the normal path
+        grow = [i for i, r in enumerate(reqs) if r.num_computed_tokens + 1 > rooms[i]]
+        if len(grow) > free:
+            break  # it needs pages that are not free: the normal path preempts
+        free -= len(grow)
+        for i in grow:
+            rooms[i] += tpp[m]
+        for i in range(len(lf)):
+            lf[i] -= 1
+        b = len(reqs)
         # BatchShape.of a plan of b decode chunks: b tokens, sampled rows and sequences; the
-        # context (and the query-key pairs, one per context token) grows by b per iteration
-        shape = BatchShape(b, ctx, b, b, ctx)
-        dt = cost(model, shape)
+        # query-key pairs equal the context (one per context token)
+        shape = BatchShape(b, ctx[m], b, b, ctx[m])
+        ctx[m] += b
+        dt = cost(m, shape)
         ex.busy_s += dt  # as execute (no page copies)
         clock.advance(dt)  # as ReplicaCore.elapse
         t = clock.now()
         if rm is not None:
-            rm.on_run(model, t, dt, b)
-        times.append(dt)
-        ends.append(t)
-        shapes.append(shape)
-        ctx += b
-    k = len(ends)
-    core.num_steps += k
-    rep.fast_forwarded_steps += k
-    sched.apply_decode_run(model, reqs, k, ex.token_id, ends[0])
-    sched.policy.on_decode_run(model, reqs, times, ends, shapes)
-    rep.loop.mark_sent(reqs)
-    return DecodeRun(tuple(reqs), tuple(ends))
+            rm.on_run(m, t, dt, b)
+        sched.decode_step(reqs, token, t)
+        ends[m].append(t)
+        steps += 1
+        if single is None:
+            policy.on_decode_run(m, reqs, (dt,), (t,), (shape,))
+        else:
+            times.append(dt)
+            shapes.append(shape)
+    if steps == 0:
+        return None
+    if single is not None:
+        policy.on_decode_run(single, batches[single], times, ends[single], shapes)
+    ran = {m: tuple(rs) for m, rs in batches.items() if ends[m]}
+    for rs in ran.values():
+        sched.settle_decode(list(rs))
+        rep.loop.mark_sent(list(rs))
+    core.num_steps += steps
+    rep.fast_forwarded_steps += steps
+    return DecodeRun(ran, {m: ends[m] for m in ran})
