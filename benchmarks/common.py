@@ -27,14 +27,17 @@ def checkpoint(name: str, arch: str, **overrides: Any) -> str:
 
 
 def write_result(name: str, result: dict[str, Any], out_dir: str = "benchmarks/results") -> str:
-    """Write ``result`` with machine info to ``out_dir/name.json``; returns the path."""
-    import torch
+    """Write ``result`` with machine info to ``out_dir/name.json``; returns the path. Torch's
+    version and threads are recorded when torch is imported already (torch-free benchmarks
+    never import it)."""
+    import sys
 
     os.makedirs(out_dir, exist_ok=True)
-    result = dict(result, machine=dict(platform=platform.platform(), processor=platform.processor(),
-                                       cpus=os.cpu_count(), torch=torch.__version__,
-                                       threads=torch.get_num_threads()),
-                  timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    machine = dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count())
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        machine.update(torch=torch.__version__, threads=torch.get_num_threads())
+    result = dict(result, machine=machine, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
     path = os.path.join(out_dir, f"{name}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)

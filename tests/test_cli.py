@@ -47,6 +47,16 @@ def test_simulate_compares_policies_on_a_trace(checkpoints, tmp_path):
         p = res["policies"][pol]
         assert p["normalized_latency_s"] > 0 and p["iterations"] > 0 and 0 <= p["slo_attainment"]["5.0"] <= 1
         assert p["model_loads"] == 0
+    step = tmp_path / "step.json"  # step by step: the same results
+    r = _run("simulate", "--model", f"chat={checkpoints['llama']}", "--model", f"code={checkpoints['qwen2']}",
+             "--kv-cache-memory", "2MiB", "--scheduling-policy", "fcfs", "seallm", "--preemption-mode", "swap",
+             "--device", "a100-80gb", "--trace", "chat=chat", "--trace", "code=code", "--window-start", "660",
+             "--duration", "5", "--length-scale", "0.25", "--output", str(step), "--no-fast-forward")
+    assert r.returncode == 0, r.stderr
+    for pol, p in json.loads(step.read_text())["policies"].items():
+        assert p["fast_forwarded_iterations"] == 0 and res["policies"][pol]["fast_forwarded_iterations"] > 0
+        for key in ("normalized_latency_s", "p99_e2e_s", "slo_attainment", "iterations", "preemptions"):
+            assert p[key] == res["policies"][pol][key], key
 
 
 def test_simulate_loads_models_on_demand(checkpoints, tmp_path):

@@ -37,6 +37,23 @@ def test_simulate_cluster_compares_every_system(tmp_path, capsys):
     assert (tmp_path / "plots" / "latency_vs_rate.png").exists() and (tmp_path / "plots" / "slo_attainment.png").exists()
 
 
+def test_simulate_cluster_step_by_step_gives_the_same_results(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(CLUSTER)
+    res = {}
+    for flag in ([], ["--no-fast-forward"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        assert main(["simulate", "--cluster", str(f), "--no-progress", "--systems", "seallm", "vllm",
+                     "--output", str(out), *flag]) == 0
+        res[bool(flag)] = json.loads(out.read_text())["systems"]
+    for name in ("seallm", "vllm"):
+        fast, step = res[False][name], res[True][name]
+        assert fast["fast_forwarded_iterations"] > 0 and step["fast_forwarded_iterations"] == 0
+        for key in ("normalized_latency_s", "p99_e2e_s", "p99_ttft_s", "slo_attainment", "iterations", "busy_s",
+                    "per_model"):
+            assert fast[key] == step[key], key
+
+
 def test_simulate_cluster_rejects_bad_input(tmp_path, capsys):
     f = tmp_path / "c.yaml"
     f.write_text("mix: {NoSuchModel: 1}\n")

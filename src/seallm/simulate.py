@@ -69,6 +69,9 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
                    help="also run every system at these rate scales (table per scale; latency-vs-rate plot)")
     k.add_argument("--plot-dir", default=None, metavar="DIR", help="write PNG plots there")
     k.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    k.add_argument("--no-fast-forward", action="store_true",
+                   help="simulate every iteration step by step (slower; results are identical: steady decode "
+                        "iterations are fast-forwarded exactly by default)")
     add_workload_args(p, required=False)
     m = p.add_argument_group("metrics and output")
     m.add_argument("--slo-scales", nargs="+", type=float, default=None, metavar="SCALE",
@@ -171,7 +174,8 @@ def sim_config_from_args(args: argparse.Namespace):
                              max_resident_models=spec.max_resident_models,
                              weights_memory_bytes=spec.weights_memory_bytes, residency_policy=spec.residency_policy,
                              residency_preempt_after=spec.residency_preempt_after,
-                             disk_bandwidth=args.disk_bandwidth, host_cache_bandwidth=device.host_link_bandwidth))
+                             disk_bandwidth=args.disk_bandwidth, host_cache_bandwidth=device.host_link_bandwidth,
+                             fast_forward=not args.no_fast_forward))
     return dep, out
 
 
@@ -196,7 +200,8 @@ def run_cluster_simulate(args: argparse.Namespace) -> int:
         runs = {}
         for x in scales:
             c = cfg.with_overrides(rate_scale=x)
-            runs[x] = compare_systems(c, systems, args.seed, on_done=lambda name: bar.update(1))
+            runs[x] = compare_systems(c, systems, args.seed, on_done=lambda name: bar.update(1),
+                                      fast_forward=not args.no_fast_forward)
         bar.close()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -264,7 +269,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             mean_ttft_s=o.ttft.mean, p99_ttft_s=o.ttft.p99, output_throughput=o.output_throughput,
             slo_attainment={str(k): v for k, v in (o.slo_attainment or {}).items()},
             iterations=d.num_steps, busy_s=d.busy_s, makespan_s=d.makespan_s, preemptions=d.num_preemptions,
-            swap_outs=d.num_swap_outs, model_loads=d.num_loads)
+            swap_outs=d.num_swap_outs, model_loads=d.num_loads, fast_forwarded_iterations=d.num_fast_forwarded)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(out, f, indent=2)

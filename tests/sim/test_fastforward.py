@@ -126,16 +126,14 @@ def test_steps_left_stop_before_a_finish_and_pages_are_settled_after_the_run():
     assert [sched.decode_steps_left(r, 3) for r in reqs] == [28, 28]
     reqs[0].params = replace(reqs[0].params, stop_token_ids=(3,))
     assert sched.decode_steps_left(reqs[0], 3) == 0 and sched.decode_steps_left(reqs[0], 7) == 28
-    for _ in range(20):
-        sched.decode_step(reqs, 3, 1.0)
+    sched.decode_steps(reqs, 3, 20, 1.0)
     sched.settle_decode(reqs)
     sched.check_integrity()
     assert all(r.num_computed_tokens == 30 and r.num_output_tokens == 21 for r in reqs)
     assert sched.kv.num_pages_of(reqs[0].request_id) == 2  # 30 tokens at 16 per page
     tight = _scheduler(pages=2)
     reqs = _decoding(tight, 2, prompt=10, max_tokens=5)
-    for _ in range(7):
-        tight.decode_step(reqs, 3, 1.0)  # 17 tokens each: a second page each, none free
+    tight.decode_steps(reqs, 3, 7, 1.0)  # 17 tokens each: a second page each, none free
     with pytest.raises(RuntimeError, match="free pages"):
         tight.settle_decode(reqs)
 

@@ -75,11 +75,14 @@ class RooflineCostModel:
 
     def all_reduce_time(self, b: BatchShape) -> float:
         """Seconds of the step's all-reduces (0 without tensor parallelism)."""
+        return self._all_reduce(b.num_tokens)
+
+    def _all_reduce(self, num_tokens: int) -> float:
         tp = self.tensor_parallel_size
         if tp == 1:
             return 0.0
         d, s = self.device, self.shape
-        one = 2 * (tp - 1) / tp * b.num_tokens * s.hidden_size * s.dtype_bytes / d.interconnect_bandwidth
+        one = 2 * (tp - 1) / tp * num_tokens * s.hidden_size * s.dtype_bytes / d.interconnect_bandwidth
         return 2 * s.num_layers * (one + d.interconnect_latency_s)
 
     def flops(self, b: BatchShape) -> float:
@@ -92,9 +95,19 @@ class RooflineCostModel:
         return s.weights_bytes + s.kv_bytes_per_token * (b.num_context_tokens + b.num_tokens)
 
     def step_time(self, batch: BatchShape) -> float:
+        return self._time(batch.num_tokens, batch.num_context_tokens, batch.num_sampled, batch.attention_pairs)
+
+    def decode_step_times(self, batch_size: int, context_tokens: int, n: int) -> list[float]:
+        """Step times (s) of ``n`` successive decode iterations of ``batch_size`` sequences
+        whose contexts total ``context_tokens`` in the first and grow by ``batch_size`` per
+        iteration: ``step_time`` of each one's shape (one query-key pair per context token),
+        without building the shapes (the simulator's fast-forward)."""
+        b, t = batch_size, self._time
+        return [t(b, c, b, c) for c in range(context_tokens, context_tokens + n * b, b)]
+
+    def _time(self, num_tokens: int, context_tokens: int, num_sampled: int, pairs: int) -> float:
         d, tp = self.device, self.tensor_parallel_size
-        flops = self._per_token_flops * batch.num_tokens + self._per_pair_flops * batch.attention_pairs \
-            + self._per_sample_flops * batch.num_sampled
-        nbytes = self._weights_bytes + self._kv_bytes * (batch.num_context_tokens + batch.num_tokens)
-        comm = self.all_reduce_time(batch) if tp > 1 else 0.0
+        flops = self._per_token_flops * num_tokens + self._per_pair_flops * pairs + self._per_sample_flops * num_sampled
+        nbytes = self._weights_bytes + self._kv_bytes * (context_tokens + num_tokens)
+        comm = self._all_reduce(num_tokens) if tp > 1 else 0.0
         return max(flops / self._peak_flops, nbytes / d.memory_bandwidth) / tp + comm + d.step_overhead_s

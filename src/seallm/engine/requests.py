@@ -29,15 +29,15 @@ def check_prompt(model: str, prompt_token_ids: Sequence[int], limits: ModelLimit
             prompt that leaves no room for one output token in ``max_model_len``.
     """
     try:
-        if any(isinstance(t, bool) for t in prompt_token_ids):
+        if bool in map(type, prompt_token_ids):
             raise TypeError
-        ids = [operator.index(t) for t in prompt_token_ids]
+        ids = list(map(operator.index, prompt_token_ids))
     except TypeError:
         raise ValueError("the prompt must be token ids (integers)") from None
     if not ids:
         raise ValueError("the prompt is empty")
-    bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
-    if bad is not None:
+    if min(ids) < 0 or max(ids) >= limits.vocab_size:
+        bad = next(t for t in ids if not 0 <= t < limits.vocab_size)
         raise ValueError(f"token id {bad!r} is outside the vocabulary of {model!r} (size {limits.vocab_size})")
     if len(ids) >= limits.max_model_len:
         raise ValueError(f"This model's maximum context length is {limits.max_model_len} tokens; the prompt has "

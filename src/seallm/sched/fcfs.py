@@ -38,7 +38,7 @@ class FCFSPolicy(SchedulingPolicy):
     def steady_decode_until(self, batches, now: float) -> float | None:
         return math.inf  # the order and the ring change only by on_step
 
-    def on_decode_run(self, model, requests, step_times, end_times, shapes) -> None:
+    def on_decode_run(self, model, requests, step_times, end_times, contexts) -> None:
         self._last = model
 
     def priority_key(self, request: "Request", now: float) -> tuple[float, str]:

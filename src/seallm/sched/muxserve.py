@@ -204,7 +204,7 @@ class ADBSPolicy(FCFSPolicy):
             return None
         return self._next_adapt if self._next_adapt is not None else math.inf
 
-    def on_decode_run(self, model, requests, step_times, end_times, shapes) -> None:
-        super().on_decode_run(model, requests, step_times, end_times, shapes)
+    def on_decode_run(self, model, requests, step_times, end_times, contexts) -> None:
+        super().on_decode_run(model, requests, step_times, end_times, contexts)
         h = self._batches.setdefault(model, deque(maxlen=self.config.history))
         h.extend([len(requests)] * min(len(step_times), h.maxlen or len(step_times)))

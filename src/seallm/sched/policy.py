@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from seallm.core import Request, StepPlan, StepResult
-    from seallm.cost import BatchShape
 
 
 @dataclass(frozen=True)
@@ -131,11 +130,13 @@ class SchedulingPolicy(ABC):
         return None
 
     def on_decode_run(self, model: str, requests: Sequence["Request"], step_times: Sequence[float],
-                      end_times: Sequence[float], shapes: Sequence["BatchShape"]) -> None:
+                      end_times: Sequence[float], contexts: Sequence[int]) -> None:
         """``len(step_times)`` iterations of ``model`` ran in a steady decode state, one
         after the other, each with ``requests`` as its batch (each took ``step_times[j]`` s,
-        ended at ``end_times[j]`` s, had shape ``shapes[j]``; the device's other requests
-        did not run): change the state exactly as that many :meth:`on_step` calls would.
+        ended at ``end_times[j]`` s and read ``contexts[j]`` KV tokens: its shape is
+        ``BatchShape(b, contexts[j], b, b, contexts[j])`` for ``b = len(requests)``; the
+        device's other requests did not run): change the state exactly as that many
+        :meth:`on_step` calls would.
         Only called after :meth:`steady_decode_until` allowed it.
 
         Raises:

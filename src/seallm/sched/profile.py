@@ -102,7 +102,11 @@ class ServiceProfile:
 
     def observe_batch(self, batch: BatchShape, step_time_s: float) -> None:
         """Keep one iteration's shape and time (s) for :meth:`refit`."""
-        self._samples.append((batch.num_tokens, batch.num_context_tokens, step_time_s))
+        self.observe_sample(batch.num_tokens, batch.num_context_tokens, step_time_s)
+
+    def observe_sample(self, num_tokens: int, context_tokens: int, step_time_s: float) -> None:
+        """:meth:`observe_batch` of a shape given by its batch and context tokens."""
+        self._samples.append((num_tokens, context_tokens, step_time_s))
 
     @property
     def num_samples(self) -> int:

@@ -634,16 +634,17 @@ class Scheduler:
             return 0
         return max(0, min(p.max_tokens - r.num_output_tokens, r.max_model_len - r.num_tokens) - 1)
 
-    def decode_step(self, requests: list[Request], token_id: int, now: float) -> None:
-        """One iteration of a steady decode batch applied without a plan: each of
-        ``requests`` computes its token and samples ``token_id`` at ``now`` (s), none
-        finishing (within :meth:`decode_steps_left`). Their KV pages are taken afterwards by
-        :meth:`settle_decode` (until then :meth:`check_integrity` fails)."""
+    def decode_steps(self, requests: list[Request], token_id: int, k: int, first_token_time: float) -> None:
+        """``k`` iterations of a steady decode batch applied without plans: each of
+        ``requests`` computes ``k`` tokens and samples ``token_id`` ``k`` times, none
+        finishing (``k`` within :meth:`decode_steps_left`); ``first_token_time``: the end of
+        the first (s). Their KV pages are taken afterwards by :meth:`settle_decode` (until
+        then :meth:`check_integrity` fails)."""
         for r in requests:
-            r.num_computed_tokens += 1
-            r.output_token_ids.append(token_id)
+            r.num_computed_tokens += k
+            r.output_token_ids.extend([token_id] * k)
             if r.first_token_time is None:
-                r.first_token_time = now
+                r.first_token_time = first_token_time
 
     def settle_decode(self, requests: list[Request]) -> None:
         """After :meth:`decode_step` calls: the pages for every token ``requests`` computed

@@ -286,7 +286,8 @@ class SeaLLMPolicy(SchedulingPolicy):
         self._last_run[plan.model] = self._steps
         prefill = sum(s.num_tokens for s in plan.seqs if not s.is_decode)
         decode = sum(1 for s in plan.seqs if s.is_decode)
-        prof = self._observe(plan.model, result.step_time, prefill, decode, BatchShape.of(plan))
+        shape = BatchShape.of(plan)
+        prof = self._observe(plan.model, result.step_time, prefill, decode, shape.num_tokens, shape.num_context_tokens)
         by_work = self.config.accounting == "work"
         ran = set()
         for s in plan.seqs:
@@ -328,12 +329,14 @@ class SeaLLMPolicy(SchedulingPolicy):
                     st.boost += 1
                     st.waited_s = 0.0
 
-    def _observe(self, model: str, step_time_s: float, prefill: int, decode: int, shape: BatchShape) -> ServiceProfile:
-        """An iteration of ``model`` ran: refresh its service profile (and refit its step-time
-        model every ``refit_every_steps`` of its iterations); returns the profile."""
+    def _observe(self, model: str, step_time_s: float, prefill: int, decode: int, num_tokens: int,
+                 context_tokens: int) -> ServiceProfile:
+        """An iteration of ``model`` ran (``prefill`` + ``decode`` tokens, ``num_tokens`` in
+        all, ``context_tokens`` KV tokens read): refresh its service profile (and refit its
+        step-time model every ``refit_every_steps`` of its iterations); returns the profile."""
         prof = self.profile(model)
         prof.observe_step(step_time_s, prefill, decode)
-        prof.observe_batch(shape, step_time_s)
+        prof.observe_sample(num_tokens, context_tokens, step_time_s)
         every = self.config.refit_every_steps
         if every is not None and prof.num_samples >= 32:
             self._since_refit[model] = n = self._since_refit.get(model, 0) + 1
@@ -362,20 +365,21 @@ class SeaLLMPolicy(SchedulingPolicy):
             return None
         return math.inf
 
-    def on_decode_run(self, model, requests, step_times, end_times, shapes) -> None:
+    def on_decode_run(self, model, requests, step_times, end_times, contexts) -> None:
         states = [self._state[r.request_id] for r in requests]
         ran = {r.request_id for r in requests}
+        others = len(ran) < len(self._state)  # requests that wait while these run (rule 4)
         by_work = self.config.accounting == "work"
         b = len(requests)
-        for t, now, shape in zip(step_times, end_times, shapes):
+        for t, now, ctx in zip(step_times, end_times, contexts):
             self._steps += 1
-            dt = 0.0 if self._prev_now is None else max(now - self._prev_now, 0.0)
-            self._prev_now = now
-            prof = self._observe(model, t, 0, b, shape)
+            prof = self._observe(model, t, 0, b, b, ctx)
             work = prof.iteration_time_s if by_work else t
             for st in states:
                 self._charge(st, work, now)
-            self._age(ran, now, dt)
+            if others:
+                self._age(ran, now, 0.0 if self._prev_now is None else max(now - self._prev_now, 0.0))
+            self._prev_now = now
         self._last_run[model] = self._steps
 
     def on_finish(self, request: "Request", now: float) -> None:

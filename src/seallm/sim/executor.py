@@ -80,7 +80,19 @@ class CostModelExecutor:
 
     def iteration_time(self, model: str, shape: BatchShape) -> float:
         """Predicted seconds of an iteration of ``model`` with batch ``shape`` (at least 1 ns)."""
-        return max(float(self.cost_models[model].step_time(shape)), 1e-9)
+        return _seconds(self.cost_models[model].step_time(shape))
+
+    def decode_times(self, model: str, batch_size: int, context_tokens: int, n: int) -> list[float]:
+        """:meth:`iteration_time` of ``n`` successive decode iterations of ``batch_size``
+        sequences, ``context_tokens`` KV tokens read by the first, ``batch_size`` more by each
+        next one (the cost model's ``decode_step_times`` when it has one)."""
+        cm = self.cost_models[model]
+        b = batch_size
+        if hasattr(cm, "decode_step_times"):
+            raw = cm.decode_step_times(b, context_tokens, n)
+        else:
+            raw = [cm.step_time(BatchShape(b, c, b, b, c)) for c in range(context_tokens, context_tokens + n * b, b)]
+        return [_seconds(x) for x in raw]
 
     def execute(self, plan: StepPlan) -> StepResult:
         t = self.iteration_time(plan.model, BatchShape.of(plan))
@@ -88,3 +100,8 @@ class CostModelExecutor:
         self.busy_s += t + swap
         samples = {s.request_id: SampleOutput(self.token_id) for s in plan.seqs if s.sample}
         return StepResult(plan.model, samples, t, swap)
+
+
+def _seconds(step_time: float) -> float:
+    """A predicted step time as the executor reports it (at least 1 ns)."""
+    return max(float(step_time), 1e-9)

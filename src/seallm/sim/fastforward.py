@@ -60,64 +60,131 @@ def fast_forward(rep: SimulatedReplica, horizon: float = math.inf, max_steps: in
     batches = sched.steady_decode()
     if batches is None:
         return None
-    policy = sched.policy
-    now = rep.now
-    until = policy.steady_decode_until(batches, now)
+    until = sched.policy.steady_decode_until(batches, rep.now)
     if until is None:
         return None
     horizon = min(horizon, until)
-    kv, token = sched.kv, ex.token_id
-    single = next(iter(batches)) if len(batches) == 1 else None
-    left = {m: [sched.decode_steps_left(r, token) for r in rs] for m, rs in batches.items()}
-    room = {m: [kv.num_pages_of(r.request_id) * kv.tokens_per_page(m) for r in rs] for m, rs in batches.items()}
-    tpp = {m: kv.tokens_per_page(m) for m in batches}
-    ctx = {m: sum(r.num_computed_tokens + 1 for r in rs) for m, rs in batches.items()}  # KV read, next iteration
+    if len(batches) == 1:
+        ends = _one_model(rep, next(iter(batches.items())), horizon, max_steps)
+    else:
+        ends = _models(rep, batches, horizon, max_steps)
+    if ends is None:
+        return None
+    ran = {m: tuple(rs) for m, rs in batches.items() if ends.get(m)}
+    for m, rs in ran.items():
+        sched.settle_decode(list(rs))
+        rep.loop.mark_sent(list(rs))
+    steps = sum(len(e) for e in ends.values())
+    core.num_steps += steps
+    rep.fast_forwarded_steps += steps
+    return DecodeRun(ran, {m: ends[m] for m in ran})
+
+
+#: Step times computed ahead at first (one model's run); later chunks are sized to the
+#: horizon by the last step time (step times only grow with the context)
+FIRST_CHUNK = 8
+MAX_CHUNK = 256
+
+
+def _one_model(rep: SimulatedReplica, batch: tuple[str, list[Request]], horizon: float,
+               max_steps: int) -> dict[str, list[float]] | None:
+    """One model's requests decode alone: the iterations are known up to the first finish,
+    so step times come in chunks, pages are checked only at the steps where some request
+    crosses into a new page, and the requests and the policy are updated once at the end."""
+    m, reqs = batch
+    core = rep.core
+    rm, ex, sched, kv = core.residency, core.executor, core.scheduler, core.scheduler.kv
+    token = ex.token_id
+    limit = min(min(sched.decode_steps_left(r, token) for r in reqs), max_steps)
+    if limit <= 0:
+        return None
+    b, tpp = len(reqs), kv.tokens_per_page(m)
+    # step (from 1) at which each request grows into a page it does not hold yet
+    need = [kv.num_pages_of(r.request_id) * tpp - r.num_computed_tokens + 1 for r in reqs]
+    next_need = min(need)
     free = kv.pool.num_free
-    clock, cost = rep.clock, ex.iteration_time
+    ctx0 = sum(r.num_computed_tokens + 1 for r in reqs)  # KV tokens read by the first iteration
+    clock = rep.clock
+    t = clock.now()
+    times: list[float] = []
+    ends: list[float] = []
+    j = 0  # iterations done
+    blocked = False
+    n = FIRST_CHUNK
+    while j < limit and t < horizon and not blocked:
+        for dt in ex.decode_times(m, b, ctx0 + j * b, min(n, limit - j)):
+            if t >= horizon:
+                break
+            if j + 1 == next_need:
+                grow = [i for i, n in enumerate(need) if n == next_need]
+                if len(grow) > free:
+                    blocked = True  # the normal path preempts
+                    break
+                free -= len(grow)
+                for i in grow:
+                    need[i] += tpp
+                next_need = min(need)
+            ex.busy_s += dt  # as execute (no page copies)
+            clock.advance(dt)  # as ReplicaCore.elapse
+            t = clock.now()
+            if rm is not None:
+                rm.on_run(m, t, dt, b)
+            times.append(dt)
+            ends.append(t)
+            j += 1
+        if times:
+            n = min(MAX_CHUNK, int((horizon - t) / times[-1]) + 1) if horizon < math.inf else MAX_CHUNK
+    if not j:
+        return None
+    sched.decode_steps(reqs, token, j, ends[0])
+    sched.policy.on_decode_run(m, reqs, times, ends, range(ctx0, ctx0 + j * b, b))
+    return {m: ends}
+
+
+def _models(rep: SimulatedReplica, batches: dict[str, list[Request]], horizon: float,
+            max_steps: int) -> dict[str, list[float]] | None:
+    """Several models' requests decode, one model per iteration as ``model_order`` picks
+    (its state moves every iteration): iteration by iteration."""
+    core = rep.core
+    rm, ex, sched, kv = core.residency, core.executor, core.scheduler, core.scheduler.kv
+    policy, token = sched.policy, ex.token_id
+    left = {m: min(sched.decode_steps_left(r, token) for r in rs) for m, rs in batches.items()}
+    tpp = {m: kv.tokens_per_page(m) for m in batches}
+    need = {m: [kv.num_pages_of(r.request_id) * tpp[m] - r.num_computed_tokens + 1 for r in rs]
+            for m, rs in batches.items()}
+    done = dict.fromkeys(batches, 0)  # iterations of each model so far
+    ctx = {m: sum(r.num_computed_tokens + 1 for r in rs) for m, rs in batches.items()}
+    free = kv.pool.num_free
+    clock = rep.clock
+    t = clock.now()
     ends: dict[str, list[float]] = {m: [] for m in batches}
-    times: list[float] = []  # one model: its step times and shapes, for one on_decode_run
-    shapes: list[BatchShape] = []
-    t, steps = now, 0
+    steps = 0
     while steps < max_steps and t < horizon:
-        m = single if single is not None else policy.model_order(batches, t)[0]
-        reqs, lf, rooms = batches[m], left[m], room[m]
-        if min(lf) == 0:
+        m = policy.model_order(batches, t)[0]
+        reqs = batches[m]
+        if left[m] == 0:
             break  # a request finishes in this iteration: the normal path
-        grow = [i for i, r in enumerate(reqs) if r.num_computed_tokens + 1 > rooms[i]]
+        step = done[m] + 1
+        grow = [i for i, n in enumerate(need[m]) if n == step]
         if len(grow) > free:
             break  # it needs pages that are not free: the normal path preempts
         free -= len(grow)
         for i in grow:
-            rooms[i] += tpp[m]
-        for i in range(len(lf)):
-            lf[i] -= 1
+            need[m][i] += tpp[m]
         b = len(reqs)
-        # BatchShape.of a plan of b decode chunks: b tokens, sampled rows and sequences; the
-        # query-key pairs equal the context (one per context token)
-        shape = BatchShape(b, ctx[m], b, b, ctx[m])
-        ctx[m] += b
-        dt = cost(m, shape)
-        ex.busy_s += dt  # as execute (no page copies)
-        clock.advance(dt)  # as ReplicaCore.elapse
+        dt = ex.iteration_time(m, BatchShape(b, ctx[m], b, b, ctx[m]))
+        ex.busy_s += dt
+        clock.advance(dt)
         t = clock.now()
         if rm is not None:
             rm.on_run(m, t, dt, b)
-        sched.decode_step(reqs, token, t)
+        sched.decode_steps(reqs, token, 1, t)
+        policy.on_decode_run(m, reqs, (dt,), (t,), (ctx[m],))
+        ctx[m] += b
+        left[m] -= 1
+        done[m] = step
         ends[m].append(t)
         steps += 1
-        if single is None:
-            policy.on_decode_run(m, reqs, (dt,), (t,), (shape,))
-        else:
-            times.append(dt)
-            shapes.append(shape)
-    if steps == 0:
+    if not steps:
         return None
-    if single is not None:
-        policy.on_decode_run(single, batches[single], times, ends[single], shapes)
-    ran = {m: tuple(rs) for m, rs in batches.items() if ends[m]}
-    for rs in ran.values():
-        sched.settle_decode(list(rs))
-        rep.loop.mark_sent(list(rs))
-    core.num_steps += steps
-    rep.fast_forwarded_steps += steps
-    return DecodeRun(ran, {m: ends[m] for m in ran})
+    return ends

@@ -30,6 +30,8 @@ class SimConfig:
             demand, as in the deployment file (None: all resident).
         disk_bandwidth, host_cache_bandwidth: bytes/s of a cold load and of a reload from
             the host weight cache.
+        fast_forward: fast-forward steady decode iterations (identical results; False: step
+            by step, :mod:`seallm.sim.fastforward`).
     """
 
     models: tuple[SimModel, ...]
@@ -48,6 +50,7 @@ class SimConfig:
     residency_preempt_after: float | None = 1.0
     disk_bandwidth: float = 2e9
     host_cache_bandwidth: float = 25e9
+    fast_forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ def _device(cfg: SimConfig, requests: Sequence[BenchRequest]) -> DeviceResult:
                            cfg.swap_pages, cfg.swap_bandwidth, max_resident_models=cfg.max_resident_models,
                            weights_memory_bytes=cfg.weights_memory_bytes, residency_policy=cfg.residency_policy,
                            residency_preempt_after=cfg.residency_preempt_after,
-                           disk_bandwidth=cfg.disk_bandwidth, host_cache_bandwidth=cfg.host_cache_bandwidth)
+                           disk_bandwidth=cfg.disk_bandwidth, host_cache_bandwidth=cfg.host_cache_bandwidth,
+                           fast_forward=cfg.fast_forward)
 
 
 def _check_models(cfg: SimConfig, requests: Sequence[BenchRequest]) -> None:
