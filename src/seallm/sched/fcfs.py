@@ -22,11 +22,10 @@ class FCFSPolicy(SchedulingPolicy):
         self._order: list[str] = []
 
     def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
-        models_with_work = list(runnable)
-        for m in models_with_work:
+        for m in runnable:
             if m not in self._order:
                 self._order.append(m)
-        ring = [m for m in self._order if m in models_with_work]
+        ring = [m for m in self._order if m in runnable]
         if self._last in ring:
             i = ring.index(self._last) + 1
             ring = ring[i:] + ring[:i]

@@ -175,10 +175,12 @@ class ADBSPolicy(FCFSPolicy):
 
         def can_prefill(m: str) -> bool:
             rs = runnable[m]
-            running = sum(r.status is RequestStatus.RUNNING for r in rs)
-            return any(r.status is not RequestStatus.RUNNING for r in rs) and running < self.quota(m)
+            if all(r.status is RequestStatus.RUNNING for r in rs):
+                return False  # nothing to prefill
+            return sum(r.status is RequestStatus.RUNNING for r in rs) < self.quota(m)
 
-        return [m for m in ring if can_prefill(m)] + [m for m in ring if not can_prefill(m)]
+        first = {m: can_prefill(m) for m in ring}
+        return [m for m in ring if first[m]] + [m for m in ring if not first[m]]
 
     def allocate(self, model: str, candidates: list["Request"], now: float,
                  limits: BatchLimits) -> BatchAllocation:

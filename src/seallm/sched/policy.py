@@ -123,7 +123,8 @@ class SchedulingPolicy(ABC):
         request of the device, all decoding (one token each), nothing waiting. Up to that
         time each iteration must run the first model of :meth:`model_order` with the
         default allocation (all its requests, one token each, any order), model turns and
-        priorities must not depend on KV pages, and the policy's state must change only as
+        priorities must depend neither on KV pages nor on the requests' token counts (the
+        simulator applies those after a run), and the policy's state must change only as
         :meth:`on_decode_run` changes it, so that a simulator may run such iterations
         without plans (:mod:`seallm.sim.fastforward`), with results identical to
         step-by-step ones. None (the default): not supported, never fast-forwarded."""

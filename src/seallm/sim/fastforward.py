@@ -143,16 +143,20 @@ def _one_model(rep: SimulatedReplica, batch: tuple[str, list[Request]], horizon:
 
 def _models(rep: SimulatedReplica, batches: dict[str, list[Request]], horizon: float,
             max_steps: int) -> dict[str, list[float]] | None:
-    """Several models' requests decode, one model per iteration as ``model_order`` picks
-    (its state moves every iteration): iteration by iteration."""
+    """Several models' requests decode, one model per iteration as ``model_order`` picks:
+    iteration by iteration (the policy's state moves every iteration), with the requests
+    updated once at the end (turns never depend on token counts or pages)."""
     core = rep.core
     rm, ex, sched, kv = core.residency, core.executor, core.scheduler, core.scheduler.kv
     policy, token = sched.policy, ex.token_id
     left = {m: min(sched.decode_steps_left(r, token) for r in rs) for m, rs in batches.items()}
     tpp = {m: kv.tokens_per_page(m) for m in batches}
+    # per model, the iteration of that model (from 1) at which each request needs a new page
     need = {m: [kv.num_pages_of(r.request_id) * tpp[m] - r.num_computed_tokens + 1 for r in rs]
             for m, rs in batches.items()}
+    next_need = {m: min(n) for m, n in need.items()}
     done = dict.fromkeys(batches, 0)  # iterations of each model so far
+    size = {m: len(rs) for m, rs in batches.items()}
     ctx = {m: sum(r.num_computed_tokens + 1 for r in rs) for m, rs in batches.items()}
     free = kv.pool.num_free
     clock = rep.clock
@@ -161,30 +165,32 @@ def _models(rep: SimulatedReplica, batches: dict[str, list[Request]], horizon: f
     steps = 0
     while steps < max_steps and t < horizon:
         m = policy.model_order(batches, t)[0]
-        reqs = batches[m]
-        if left[m] == 0:
+        if done[m] == left[m]:
             break  # a request finishes in this iteration: the normal path
         step = done[m] + 1
-        grow = [i for i, n in enumerate(need[m]) if n == step]
-        if len(grow) > free:
-            break  # it needs pages that are not free: the normal path preempts
-        free -= len(grow)
-        for i in grow:
-            need[m][i] += tpp[m]
-        b = len(reqs)
+        if step == next_need[m]:
+            grow = [i for i, n in enumerate(need[m]) if n == step]
+            if len(grow) > free:
+                break  # it needs pages that are not free: the normal path preempts
+            free -= len(grow)
+            for i in grow:
+                need[m][i] += tpp[m]
+            next_need[m] = min(need[m])
+        b = size[m]
         dt = ex.iteration_time(m, BatchShape(b, ctx[m], b, b, ctx[m]))
         ex.busy_s += dt
         clock.advance(dt)
         t = clock.now()
         if rm is not None:
             rm.on_run(m, t, dt, b)
-        sched.decode_steps(reqs, token, 1, t)
-        policy.on_decode_run(m, reqs, (dt,), (t,), (ctx[m],))
+        policy.on_decode_run(m, batches[m], (dt,), (t,), (ctx[m],))
         ctx[m] += b
-        left[m] -= 1
         done[m] = step
         ends[m].append(t)
         steps += 1
     if not steps:
         return None
+    for m, k in done.items():
+        if k:
+            sched.decode_steps(batches[m], token, k, ends[m][0])
     return ends
