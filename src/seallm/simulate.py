@@ -84,7 +84,9 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
 def load_cost_profile(path: str, model: str | None = None):
     """The cost model of ``model`` in a JSON file: a ``seallm profile`` output, a bare
     max-affine model, or the service profiles a ``seallm serve`` deployment keeps in its
-    ``profiles_path`` (one entry per model, refit from the iterations it served).
+    ``profiles_path`` (one entry per model, refit from the iterations it served; the
+    engine loop's measured time per iteration beyond the forward pass, ``iteration_overhead_s``,
+    is added to every iteration).
 
     Raises:
         ValueError: unreadable file, or no cost model (for ``model``) in it.
@@ -96,10 +98,31 @@ def load_cost_profile(path: str, model: str | None = None):
             d = json.load(f)
         if model is not None and isinstance(d.get(model), dict):
             d = d[model]
-        d = d.get("cost_model", d)
-        return MaxAffineCostModel.from_json(json.dumps(d))
+        overhead = float(d.get("iteration_overhead_s") or 0.0)  # a served profile's loop time per iteration
+        cm = MaxAffineCostModel.from_json(json.dumps(d.get("cost_model", d)))
+        if overhead > 0:
+            cm = MaxAffineCostModel(tuple((a, c, b + overhead) for a, c, b in cm.pieces))
+        return cm
     except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: not a seallm cost profile{f' for {model!r}' if model else ''} ({e})") from None
+
+
+def _ingest_delays(path: str | None) -> dict[str, float]:
+    """Per model, the measured delay from the front end's stamp to the engine's queue (s)
+    in a deployment's ``profiles_path`` (empty if none)."""
+    import os
+
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(d, dict):
+        return {}
+    return {m: float(v["ingest_delay_s"]) for m, v in d.items()
+            if isinstance(v, dict) and isinstance(v.get("ingest_delay_s"), (int, float))}
 
 
 def _served_profiles(path: str | None) -> dict:
@@ -175,7 +198,8 @@ def sim_config_from_args(args: argparse.Namespace):
                              weights_memory_bytes=spec.weights_memory_bytes, residency_policy=spec.residency_policy,
                              residency_preempt_after=spec.residency_preempt_after,
                              disk_bandwidth=args.disk_bandwidth, host_cache_bandwidth=device.host_link_bandwidth,
-                             fast_forward=not args.no_fast_forward))
+                             fast_forward=not args.no_fast_forward, profiles_path=dep.profiles_path,
+                             ingest_delay_s=_ingest_delays(dep.profiles_path)))
     return dep, out
 
 

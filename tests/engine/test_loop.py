@@ -149,3 +149,44 @@ def test_queue_delay_is_forgotten_once_the_queue_drains():
     loop.run()
     late = [d for m in sent if isinstance(m, EngineOutputs) for d in m.deltas if d.request_id == "late"]
     assert late[0].error is None and sum(len(d.token_ids) for d in late) == 1
+
+
+def test_a_live_loop_measures_its_overheads_into_the_seallm_profiles():
+    import time
+
+    from seallm.core import WallClock
+
+    kv = KVCacheManager(PagePool(64, 1024))
+    kv.add_model("a", KVSpec(2, 2, 8, 4))
+    policy = make_policy("seallm")
+    sched = Scheduler(kv, policy, SchedulerConfig(64, 16))
+    core = ReplicaCore(sched, PoisonExecutor("none", {"a": kv.tokens_per_page("a")}), WallClock())
+    items = [AddRequest("r1", "a", [5, 6, 7], SamplingParams(max_tokens=4, ignore_eos=True), time.time() - 0.25)]
+
+    def inbox(timeout_ms):
+        if items:
+            return items.pop(0)
+        return Shutdown() if not sched.has_unfinished() else None
+
+    EngineLoop(core, {"a": Cfg()}, inbox, lambda m: None).run()
+    prof = policy.profile("a")
+    # stamped 0.25 s before it reached the engine; every iteration's turn costs something
+    assert 0.25 <= prof.ingest_delay_s < 5.0
+    assert prof.iteration_overhead_s is not None and prof.iteration_overhead_s >= 0.0
+    d = prof.to_dict()
+    from seallm.sched.profile import ServiceProfile
+
+    back = ServiceProfile.from_dict(d)
+    assert (back.ingest_delay_s, back.iteration_overhead_s) == (prof.ingest_delay_s, prof.iteration_overhead_s)
+
+
+def test_a_simulated_loop_measures_no_overheads():
+    kv = KVCacheManager(PagePool(64, 1024))
+    kv.add_model("a", KVSpec(2, 2, 8, 4))
+    policy = make_policy("seallm")
+    sched = Scheduler(kv, policy, SchedulerConfig(64, 16))
+    core = ReplicaCore(sched, PoisonExecutor("none", {"a": kv.tokens_per_page("a")}), ManualClock())
+    items = [_add("r1")]
+    EngineLoop(core, {"a": Cfg()}, lambda t: items.pop(0) if items else (None if sched.has_unfinished() else Shutdown()),
+               lambda m: None).run()
+    assert policy.profile("a").ingest_delay_s is None and policy.profile("a").iteration_overhead_s is None

@@ -295,6 +295,15 @@ def test_cost_model_is_refit_online_and_persisted(tmp_path):
     fresh = SeaLLMPolicy()
     fresh.load_profiles(str(path))
     assert fresh.profile("a").cost_model == load_cost_profile(str(path), "a")
+    # a live engine's loop time per iteration is added to every simulated iteration
+    policy.on_overhead("a", iteration_s=0.004, ingest_s=0.02)
+    policy.save_profiles(str(path))
+    slower = load_cost_profile(str(path), "a")
+    for n, c in ((1, 40), (32, 200)):
+        assert slower.step_time(BatchShape(n, c)) == pytest.approx(prof.cost_model.step_time(BatchShape(n, c)) + 0.004)
+    from seallm.simulate import _ingest_delays
+
+    assert _ingest_delays(str(path)) == {"a": 0.02}
 
 
 def test_profiles_seeded_from_a_trace():

@@ -96,3 +96,13 @@ def test_prompts_over_the_context_length_fail_alone():
     res = simulate_device([BenchRequest("a", 0.0, 60, 3), BenchRequest("a", 0.0, 20, 3)], models,
                           make_policy("seallm"), 64, PAGE)
     assert "maximum context length" in res.records[0].error and res.records[1].ok
+
+
+def test_ingest_delay_shifts_every_request_but_not_its_send_time():
+    reqs = [BenchRequest("a", 0.1 * i, 20, 5) for i in range(5)]
+    base = simulate_device(reqs, MODELS, make_policy("fcfs"), 64, PAGE)
+    late = simulate_device(reqs, MODELS, make_policy("fcfs"), 64, PAGE, ingest_delay_s={"a": 0.5})
+    for a, b in zip(base.records, late.records):
+        assert b.sent_s == a.sent_s
+        assert b.first_token_s == pytest.approx(a.first_token_s + 0.5)
+        assert b.finish_s - b.sent_s == pytest.approx(a.finish_s - a.sent_s + 0.5)

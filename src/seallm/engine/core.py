@@ -73,6 +73,9 @@ class ReplicaCore:
         self.num_steps = 0
         self.events: list[ModelEvent] = []
         self.idle = False  # the last step ran no iteration (nothing runnable, or only loads)
+        # (model, executor seconds: forward pass + page copies) of the iteration the last
+        # step ran, None if it ran none
+        self.last_executed: tuple[str, float] | None = None
 
     def add_request(self, request: Request) -> None:
         """Queue a request (see :meth:`Scheduler.add_request` for the errors raised). A request
@@ -181,6 +184,7 @@ class ReplicaCore:
         page copies, which already ran); a sequence that fails alone is finished with an
         error, the others keep their results.
         """
+        self.last_executed = None
         done = self._manage_residency()
         plan = self.plan()
         done += self.scheduler.take_failed()
@@ -192,6 +196,7 @@ class ReplicaCore:
         except Exception as e:  # noqa: BLE001 - isolate whatever failed
             return done + self._isolate(plan, e)
         self.elapse(result)
+        self.last_executed = (plan.model, result.step_time + result.swap_time)
         if self.residency is not None:
             self.residency.on_run(plan.model, self.clock.now(), result.step_time, plan.num_tokens)
         return done + self.apply(plan, result)

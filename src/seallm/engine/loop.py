@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from seallm.core import FinishReason, Request
+from seallm.core import FinishReason, Request, WallClock
 from seallm.engine.core import ReplicaCore
 from seallm.engine.messages import (AbortRequests, AddRequest, ControlReply, Delta, EngineOutputs, FromEngine,
                                     LoadModel, ModelInfo, ModelStats, Ready, Shutdown, ToEngine, UnloadModel)
@@ -66,6 +66,7 @@ class EngineLoop:
         # Requests whose acknowledgement waits for an SLO planner's verdict (admission_mode
         # "reject": the front end must learn "refused" before it answers, to try elsewhere).
         self._unacked: set[str] = set()
+        self._wall = isinstance(core.clock, WallClock)  # overheads are measured on wall time only
 
     def ready_message(self) -> Ready:
         """The ``Ready`` announcement: every model of the replica, resident or not."""
@@ -96,12 +97,13 @@ class EngineLoop:
         acks: list[Delta] = []
         self._waiting_tokens.clear()
         self._oldest_waiting.clear()
-        timeout = timeout_ms
-        while (msg := self.inbox(timeout)) is not None:
-            timeout = 0
+        msg = self.inbox(timeout_ms)
+        t_turn = time.perf_counter()  # the turn's work starts once the wait is over
+        while msg is not None:
             if isinstance(msg, Shutdown):
                 return False
             self._handle(msg, acks)
+            msg = self.inbox(0)
         if acks:  # admitted or refused: tell the front end before the iteration runs
             self._send(EngineOutputs(acks, None, self.kv.pool.num_free, 0.0))
         deltas: list[Delta] = []
@@ -126,6 +128,9 @@ class EngineLoop:
                 stats = self._stats()
                 self._last_stats = now
             self._send(EngineOutputs(deltas, stats, self.kv.pool.num_free, step_time, events, replies))
+        ran = self.core.last_executed
+        if ran is not None and self._wall:  # the loop's time beyond the executor's
+            self.sched.policy.on_overhead(ran[0], iteration_s=max(0.0, time.perf_counter() - t_turn - ran[1]))
         return True
 
     def settled(self) -> bool:
@@ -213,6 +218,8 @@ class EngineLoop:
                     acks.append(Delta(msg.request_id, [], finish_reason="abort", error=why, error_status=429))
                     return
                 self.core.add_request(r)
+                if self._wall:  # from the front end's stamp to the queue (same clock: time.time)
+                    self.sched.policy.on_overhead(msg.model, ingest_s=max(0.0, self.core.clock.now() - r.arrival_time))
                 if msg.model in self._waiting_tokens:
                     self._waiting_tokens[msg.model] += r.num_prompt_tokens
                 self.sent[r.request_id] = 0

@@ -143,6 +143,17 @@ class Replica:
     scheduler: Scheduler
 
 
+def load_policy_profiles(policy: SchedulingPolicy, path: str | None) -> None:
+    """Start ``policy`` from the service profiles at ``path`` if it keeps profiles and the
+    file exists (a server's warm start; the simulator does the same).
+
+    Raises:
+        ValueError: the file is not a valid profile file.
+    """
+    if path and os.path.exists(path) and hasattr(policy, "load_profiles"):
+        logger.info("seallm: service profiles of %s loaded from %s", policy.load_profiles(path), path)
+
+
 def build_replica(spec: ReplicaSpec, executor_factory: Callable[[ReplicaLayout], Executor],
                   clock: Clock | None = None, policy: SchedulingPolicy | None = None) -> Replica:
     """Size the pool, register the models, make the policy and scheduler, and assemble the
@@ -171,9 +182,7 @@ def build_replica(spec: ReplicaSpec, executor_factory: Callable[[ReplicaLayout],
     executor = executor_factory(layout)
     if policy is None:
         policy = make_policy(spec.scheduling_policy, dict(spec.policy_options))
-        if spec.profiles_path and os.path.exists(spec.profiles_path) and hasattr(policy, "load_profiles"):
-            logger.info("seallm: service profiles of %s loaded from %s", policy.load_profiles(spec.profiles_path),
-                        spec.profiles_path)
+        load_policy_profiles(policy, spec.profiles_path)
     scheduler = Scheduler(kv, policy, spec.scheduler, specs={m.name: m.kv_spec for m in spec.models})
     residency = ResidencyManager(spec.residency_config(), {m.name: m.weights_bytes for m in spec.models}, residents)
     core = ReplicaCore(scheduler, executor, clock or WallClock(), residency)

@@ -116,6 +116,13 @@ class SchedulingPolicy(ABC):
     def on_finish(self, request: "Request", now: float) -> None:
         """Forget per-request state. Default: nothing."""
 
+    def on_overhead(self, model: str, iteration_s: float | None = None, ingest_s: float | None = None) -> None:
+        """What a live engine measured beyond the executor (s): an iteration of ``model``
+        whose loop turn took ``iteration_s`` more than its forward pass and page copies, or
+        a request of ``model`` that reached the engine's queue ``ingest_s`` after the front
+        end stamped it. Default: nothing (the ``seallm`` policy keeps them in its service
+        profiles, where ``seallm simulate`` reads them)."""
+
     # ---- fast-forward (the simulator, :mod:`seallm.sim.fastforward`) -----------------------
     def steady_decode_until(self, batches: Mapping[str, Sequence["Request"]], now: float) -> float | None:
         """Until when (s) the policy plans a device in *steady decode* the same way:

@@ -62,6 +62,11 @@ class ServiceProfile:
         self._samples: deque[tuple[int, int, float]] = deque(maxlen=self.SAMPLE_WINDOW)
         self.cost_model: MaxAffineCostModel | None = None
         self.fit_report: FitReport | None = None
+        # What a live engine spends beyond the forward passes (moving averages, s; None:
+        # never measured): per iteration (scheduling, bookkeeping, sending the outputs) and
+        # per request (from the front end's stamp to the engine queueing it).
+        self.iteration_overhead_s: float | None = None
+        self.ingest_delay_s: float | None = None
 
     def to_dict(self) -> dict:
         """Plain data for persistence (see :meth:`from_dict`); includes the fitted cost model
@@ -69,6 +74,9 @@ class ServiceProfile:
         d = {"iteration_time_s": self.iteration_time_s, "prefill_time_per_token_s": self.prefill_time_per_token_s,
              "output_lengths": list(self._lengths), "input_lengths": list(self._input_lengths),
              "arrival_rate": self.arrival_rate()}
+        for k in ("iteration_overhead_s", "ingest_delay_s"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         if self.cost_model is not None:
             d["cost_model"] = {"kind": "max_affine", "pieces": [list(p) for p in self.cost_model.pieces]}
             if self.fit_report is not None:
@@ -81,6 +89,9 @@ class ServiceProfile:
         lengths = tuple(int(x) for x in d["output_lengths"]) or (128,)
         p = cls(ProfileSeed(float(d["iteration_time_s"]), float(d["prefill_time_per_token_s"]), lengths), window)
         p._input_lengths.extend(int(x) for x in d.get("input_lengths", ()))
+        for k in ("iteration_overhead_s", "ingest_delay_s"):
+            if d.get(k) is not None:
+                setattr(p, k, float(d[k]))
         if d.get("cost_model") is not None:
             p.cost_model = MaxAffineCostModel(tuple(tuple(float(x) for x in q) for q in d["cost_model"]["pieces"]))
         return p
@@ -137,6 +148,17 @@ class ServiceProfile:
             self._prefill_s += a * (t - self._prefill_s)
             self._prefill_tokens += a * (prefill_tokens - self._prefill_tokens)
             self.prefill_time_per_token_s = self._prefill_s / self._prefill_tokens
+
+    def observe_overhead(self, iteration_s: float | None = None, ingest_s: float | None = None) -> None:
+        """Refresh the engine's overheads (s): an iteration's loop time beyond its forward
+        pass, or one request's delay from the front end to the engine's queue."""
+        a = self.smoothing
+        if iteration_s is not None:
+            x = self.iteration_overhead_s
+            self.iteration_overhead_s = iteration_s if x is None else x + a * (iteration_s - x)
+        if ingest_s is not None:
+            x = self.ingest_delay_s
+            self.ingest_delay_s = ingest_s if x is None else x + a * (ingest_s - x)
 
     def observe_output_length(self, n: int) -> None:
         """Record a finished request's output length (tokens)."""

@@ -382,6 +382,9 @@ class SeaLLMPolicy(SchedulingPolicy):
             self._prev_now = now
         self._last_run[model] = self._steps
 
+    def on_overhead(self, model: str, iteration_s: float | None = None, ingest_s: float | None = None) -> None:
+        self.profile(model).observe_overhead(iteration_s, ingest_s)
+
     def on_finish(self, request: "Request", now: float) -> None:
         self._state.pop(request.request_id, None)
         if request.num_output_tokens and str(request.finish_reason) != "abort":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from seallm.bench.records import RequestRecord
@@ -90,6 +90,7 @@ def simulate_device(
     disk_bandwidth: float = 2e9,
     host_cache_bandwidth: float = 25e9,
     fast_forward: bool = True,
+    ingest_delay_s: Mapping[str, float] | None = None,
 ) -> DeviceResult:
     """Serve ``requests`` on one simulated device and record every token's time.
 
@@ -103,7 +104,9 @@ def simulate_device(
     deployment file); a load takes ``weights_bytes / disk_bandwidth`` the first time and
     ``weights_bytes / host_cache_bandwidth`` from the host weight cache after that (s).
     ``fast_forward``: run steady decode batches in one go (:mod:`seallm.sim.fastforward`;
-    identical results; False: step by step).
+    identical results; False: step by step). ``ingest_delay_s``: per model, seconds from a
+    request's send to the engine's queue (a live server's front end and IPC, measured by
+    the engine into the service profiles); latencies count from the send.
 
     A request the replica refuses (a prompt over the model's context length, one that cannot
     fit in the whole KV pool) fails alone, as a live server answers it with HTTP 400: its
@@ -117,7 +120,7 @@ def simulate_device(
                              max_resident_models=max_resident_models, weights_memory_bytes=weights_memory_bytes,
                              residency_policy=residency_policy, residency_preempt_after=residency_preempt_after,
                              disk_bandwidth=disk_bandwidth, host_cache_bandwidth=host_cache_bandwidth,
-                             fast_forward=fast_forward)
+                             fast_forward=fast_forward, ingest_delay_s=ingest_delay_s)
 
 
 def simulate_replicas(
@@ -139,6 +142,7 @@ def simulate_replicas(
     disk_bandwidth: float = 2e9,
     host_cache_bandwidth: float = 25e9,
     fast_forward: bool = True,
+    ingest_delay_s: Mapping[str, float] | None = None,
 ) -> DeviceResult:
     """Serve ``requests`` on ``num_replicas`` identical simulated replicas (each its own KV
     pool of ``kv_pages`` pages, its own policy from ``policy_factory``, and the device
@@ -166,7 +170,7 @@ def simulate_replicas(
                               host_cache_bandwidth=host_cache_bandwidth) for _ in range(num_replicas)]
     known = {m.name for m in models}
     arrived, token_times, finish, refused = serve_replicas(requests, reps, known, router, max_steps,
-                                                           fast_forward=fast_forward)
+                                                           fast_forward=fast_forward, ingest_delay_s=ingest_delay_s)
     return DeviceResult(records_of(requests, arrived, token_times, finish, refused),
                         sum(r.core.num_steps for r in reps), sum(r.core.executor.busy_s for r in reps),
                         sum(r.core.scheduler.num_preemptions for r in reps), max(r.now for r in reps),
@@ -205,7 +209,7 @@ def records_of(requests: Sequence[BenchRequest], arrived: dict[str, float], toke
 def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedReplica], known: set[str],
                    router: Router | None = None, max_steps: int = 50_000_000,
                    models_of: Sequence[frozenset[str]] | None = None, driver: ReplacementDriver | None = None,
-                   fast_forward: bool = True):
+                   fast_forward: bool = True, ingest_delay_s: Mapping[str, float] | None = None):
     """Drive simulated replicas through a workload by events, as a front end drives live ones.
 
     The replica furthest behind in simulated time steps next; an arrival is delivered once
@@ -235,6 +239,9 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
     check; with chained or forwarded requests, also the next step of any other replica);
     the results are identical to step-by-step (False).
 
+    ``ingest_delay_s``: per model, seconds from a request's send to its delivery to a
+    replica (the front end); its arrival time (and so its latencies) stays the send.
+
     Raises:
         ValueError: a request of an unknown model or following an unknown request, a stall,
             or more than ``max_steps`` iterations.
@@ -247,8 +254,10 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
             if not 0 <= b.after < len(requests) or b.after == i:
                 raise ValueError(f"request {i} follows request {b.after}, which is not in the workload")
             followers.setdefault(b.after, []).append(i)
-    # (time, tie-break, workload index, try number)
-    arrivals = [(b.arrival_s, i, i, 0) for i, b in enumerate(requests) if b.after is None]
+    delay = dict(ingest_delay_s or {})
+    sent: dict[int, float] = {i: b.arrival_s for i, b in enumerate(requests) if b.after is None}
+    # (delivery time, tie-break, workload index, try number)
+    arrivals = [(b.arrival_s + delay.get(b.model, 0.0), i, i, 0) for i, b in enumerate(requests) if b.after is None]
     heapq.heapify(arrivals)
     tries: dict[int, list[int]] = {}
     arrived: dict[str, float] = {}
@@ -258,10 +267,11 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
     where: dict[str, int] = {}  # request id -> try number now
     seq = len(requests)
 
-    def push(t: float, i: int, k: int) -> None:
+    def push(t: float, i: int, k: int) -> None:  # sent at t (a first try passes the front end)
         nonlocal seq
         seq += 1
-        heapq.heappush(arrivals, (t, seq, i, k))
+        sent.setdefault(i, t)
+        heapq.heappush(arrivals, (t + delay.get(requests[i].model, 0.0) if k == 0 else t, seq, i, k))
 
     def done(rid: str, t: float) -> None:  # the next rounds of its chain arrive after the tool delay
         for j in followers.get(int(rid), ()):
@@ -337,10 +347,10 @@ def serve_replicas(requests: Sequence[BenchRequest], replicas: list[SimulatedRep
                     raise ValueError(f"no replica serves model {b.model!r}")
                 forwards = forwards or len(tries[i]) > 1
                 if rid not in arrived:  # not a migration
-                    arrived[rid] = t_arr
+                    arrived[rid] = sent[i]
                     token_times[rid] = []
                     if driver is not None:
-                        driver.observe(b.model, t_arr, b.input_len, b.output_len)
+                        driver.observe(b.model, sent[i], b.input_len, b.output_len)
             order = tries[i]
             rep = replicas[order[k]]
             rep.advance_to(t_arr)  # behind only when it had nothing to run until now

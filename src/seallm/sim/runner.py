@@ -9,6 +9,7 @@ from seallm.bench.baseline import AloneLatency, fit_alone_latency
 from seallm.bench.calibrate import CalibrationConfig, calibration_requests
 from seallm.bench.metrics import BenchMetrics, compute_metrics
 from seallm.bench.workload import BenchRequest, Workload, build_workload
+from seallm.engine.replica import load_policy_profiles
 from seallm.sched import SchedulerConfig, make_policy
 from seallm.sim.device import DeviceResult, SimModel, simulate_device
 
@@ -32,6 +33,9 @@ class SimConfig:
             the host weight cache.
         fast_forward: fast-forward steady decode iterations (identical results; False: step
             by step, :mod:`seallm.sim.fastforward`).
+        profiles_path: service profiles a served deployment saved (the ``seallm`` policy
+            starts from them, as the server does).
+        ingest_delay_s: per model, the delay from the front end to the engine's queue (s).
     """
 
     models: tuple[SimModel, ...]
@@ -51,6 +55,8 @@ class SimConfig:
     disk_bandwidth: float = 2e9
     host_cache_bandwidth: float = 25e9
     fast_forward: bool = True
+    profiles_path: str | None = None
+    ingest_delay_s: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,12 +70,13 @@ class SimResult:
 
 def _device(cfg: SimConfig, requests: Sequence[BenchRequest]) -> DeviceResult:
     policy = make_policy(cfg.scheduling_policy, dict(cfg.policy_options))
+    load_policy_profiles(policy, cfg.profiles_path)
     return simulate_device(requests, cfg.models, policy, cfg.kv_pages, cfg.page_size_bytes, cfg.scheduler,
                            cfg.swap_pages, cfg.swap_bandwidth, max_resident_models=cfg.max_resident_models,
                            weights_memory_bytes=cfg.weights_memory_bytes, residency_policy=cfg.residency_policy,
                            residency_preempt_after=cfg.residency_preempt_after,
                            disk_bandwidth=cfg.disk_bandwidth, host_cache_bandwidth=cfg.host_cache_bandwidth,
-                           fast_forward=cfg.fast_forward)
+                           fast_forward=cfg.fast_forward, ingest_delay_s=cfg.ingest_delay_s)
 
 
 def _check_models(cfg: SimConfig, requests: Sequence[BenchRequest]) -> None:
