@@ -173,3 +173,36 @@ def test_policies_without_fast_forward_support_are_never_fast_forwarded():
     assert rep.core.scheduler.steady_decode() is not None
     assert fast_forward(rep) is None
     assert isinstance(rep.clock, ManualClock)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy=st.sampled_from(["fcfs", "seallm", "muxserve"]), seed=st.integers(0, 10_000),
+       pages=st.integers(12, 200), seqs=st.integers(1, 12), budget=st.sampled_from([16, 64, 256]),
+       mode=st.sampled_from(["recompute", "swap"]), models=st.integers(1, 3), chains=st.booleans(),
+       rate=st.floats(2.0, 80.0), resident=st.sampled_from([None, 1]))
+def test_random_devices_fast_forward_equals_step_by_step(policy, seed, pages, seqs, budget, mode, models, chains,
+                                                        rate, resident):
+    names = ("a", "b", "c")[:models]
+    sims = tuple(SimModel(n, SPEC, COST, weights_bytes=10**7, max_model_len=400) for n in names)
+    reqs = workload(25, seed=seed, models=names, rate=rate, max_out=120)
+    if chains:
+        reqs += [BenchRequest(names[0], 0.0, 10, 15, after=i, tool_delay_s=0.01 * i) for i in range(0, 25, 6)]
+    cfg = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=seqs, preemption_mode=mode)
+    runs = []
+    for ff in (True, False):
+        try:
+            runs.append(simulate_device(reqs, sims, make_policy(policy), pages, PAGE, cfg, swap_pages=32,
+                                        max_resident_models=resident, disk_bandwidth=1e9, fast_forward=ff))
+        except ValueError as e:  # a request larger than the whole pool: both ways alike
+            runs.append(str(e))
+    if isinstance(runs[0], str) or isinstance(runs[1], str):
+        assert runs[0] == runs[1]
+        return
+    a, b = runs
+    assert a.records == b.records
+    assert (a.num_steps, a.busy_s, a.makespan_s, a.num_preemptions, a.num_swap_outs) == (
+        b.num_steps, b.busy_s, b.makespan_s, b.num_preemptions, b.num_swap_outs)
