@@ -25,7 +25,6 @@ iterations per wall second) and each placement's search time; and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,9 @@ from dataclasses import replace
 
 from seallm.cluster.config import ClusterWorkload, default_cluster
 from seallm.sim.compare import compare_systems
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_json  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SYSTEMS = ("seallm", "vllm", "alpaserve", "muxserve")
@@ -90,9 +92,7 @@ def main() -> int:
             line = "  ".join(f"{name}: norm {s['normalized_latency_s']:.4f} p99 {s['p99_e2e_s']:.1f} "
                              f"slo5 {s['slo_attainment'].get('5.0', float('nan')):.3f}" for name, s in point.items())
             print(f"[{kind} x{x:g}: {n} req, {time.perf_counter() - t0:.0f} s] {line}", flush=True)
-            os.makedirs(os.path.dirname(args.output), exist_ok=True)
-            with open(args.output, "w") as f:
-                json.dump(out, f, indent=2)
+            write_json(args.output, out)
     plot(out, os.path.splitext(args.output)[0] + ".png")
     print(f"wrote {args.output}")
     return 0

@@ -27,18 +27,22 @@ def checkpoint(name: str, arch: str, **overrides: Any) -> str:
 
 
 def write_result(name: str, result: dict[str, Any], out_dir: str = "benchmarks/results") -> str:
-    """Write ``result`` with machine info to ``out_dir/name.json``; returns the path. Torch's
-    version and threads are recorded when torch is imported already (torch-free benchmarks
-    never import it)."""
+    """Write ``result`` with machine info to ``out_dir/name.json``; returns the path."""
+    return write_json(os.path.join(out_dir, f"{name}.json"), result)
+
+
+def write_json(path: str, result: dict[str, Any]) -> str:
+    """Write ``result`` with machine info and a timestamp to ``path`` (folders created);
+    returns the path. Torch's version and threads are recorded when torch is imported
+    already (torch-free benchmarks never import it)."""
     import sys
 
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     machine = dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count())
     torch = sys.modules.get("torch")
     if torch is not None:
         machine.update(torch=torch.__version__, threads=torch.get_num_threads())
     result = dict(result, machine=machine, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    path = os.path.join(out_dir, f"{name}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return path

@@ -19,7 +19,6 @@ normalized latency, P99 E2E and preemptions (median over seeds), and the seallm/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,9 @@ from seallm.cost.roofline import ModelShape
 from seallm.kv import KVSpec, default_page_size_bytes
 from seallm.sched import SchedulerConfig, make_policy
 from seallm.sim import SimModel, simulate_device
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_json  # noqa: E402
 
 H100 = DEVICES["h100-sxm"]
 SHAPES = {"a": ModelShape(32, 4096, 11008, 32, 32, 128, 32000, 2),  # Llama-2-7B
@@ -112,9 +114,7 @@ def main() -> int:
                   f"[{time.time() - t0:.0f} s]", flush=True)
         out["workloads"][wname] = {"capacity_output_tokens_per_s": capacity, "base_offered_tokens_per_s": base,
                                    "loads": rows}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=2)
+    write_json(args.output, out)
     print(f"wrote {args.output}")
     return 0
 

@@ -12,7 +12,6 @@ predicted objective of each plan.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,9 @@ from dataclasses import replace
 from seallm.cluster.catalog import catalog_model
 from seallm.cluster.config import ServiceEntry, default_cluster
 from seallm.sim.cluster import PLACEMENTS, service_loads
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_json  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -50,9 +52,7 @@ def main() -> int:
                          "groups": sum(1 for g in plan.groups if g.models), "objective": plan.objective}
             print(f"x{x:g} {name}: {statistics.median(times):.2f} s ({min(times):.2f}-{max(times):.2f})", flush=True)
         out["loads"][str(x)] = {"total_rate": sum(s.rate for s in loads), "algorithms": row}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=2)
+    write_json(args.output, out)
     print(f"wrote {args.output}")
     return 0
 

@@ -28,7 +28,6 @@ services, 30 req/s of synthetic Poisson arrivals, popularity alpha 1.5).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,6 +35,9 @@ from dataclasses import replace
 
 from seallm.cluster.config import load_cluster
 from seallm.sim.compare import compare_systems, format_comparison
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_json  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = ("seallm@adaptive", "seallm@none", "seallm@fixed", "alpaserve@fixed", "vllm")
@@ -85,9 +87,7 @@ def main() -> int:
                     "slo_attainment": {k: (ref["slo_attainment"][k] / v if v else None)
                                        for k, v in s["slo_attainment"].items()}}
         out["drift"][str(period)] = point
-        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(out, f, indent=2)
+        write_json(args.output, out)
     print(f"wrote {args.output}")
     return 0
 
