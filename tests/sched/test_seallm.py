@@ -413,6 +413,53 @@ def test_tail_guard_bounds_the_slowdown_of_a_demoted_request():
     assert order[-1] == "A-long"
 
 
+def test_a_lifted_request_takes_turns_instead_of_stalling_the_other_models_fresh_work():
+    # Regression (overload, README "Overload"): a tail-guard lift used to raise its request one
+    # API class, so its model ran every iteration until the lift was spent (one budget of its
+    # work, doubled per level): every fresh request of the other model, decodes included,
+    # stalled meanwhile. Now the lifted request's model takes turns with the model that has
+    # fresh work: while both have runnable work, neither runs twice in a row.
+    g = 1.0
+    arrivals = [req("A-long", "a", max_tokens=400, t=0.0)] + [
+        req(f"s{i}", "b", max_tokens=3, t=0.05 + i * STEP) for i in range(1500)]
+    policy = seallm(aging_interval_s=None, tail_guard_factor=g)
+    core = make(policy, max_seqs=4)
+    lifted_steps = []
+    orig = policy.on_step
+
+    def on_step(plan, result, now):
+        st = policy.state("A-long")
+        lifted_steps.append((plan.model, st is not None and st.lift > 0))
+        orig(plan, result, now)
+
+    policy.on_step = on_step
+    _, reqs = drive(core, arrivals)
+    steps = lifted_steps
+    runs = [i for i, (m, lifted) in enumerate(steps) if lifted]
+    assert runs, "the demoted request was never lifted"
+    # while lifted and b has fresh work (the b stream lasts 15 s), a never runs twice in a row
+    stream_end = int(15.0 / STEP) - 10
+    lifted_a = [i for i in runs if i < stream_end and steps[i][0] == "a"]
+    assert lifted_a
+    assert all(steps[i + 1][0] == "b" for i in lifted_a)
+    long = reqs["A-long"]
+    assert long.finish_time - long.arrival_time <= (2 + 2 * g) * 400 * STEP + 0.5
+
+
+def test_an_aged_request_waiting_for_pages_does_not_stall_the_other_models_decodes():
+    # Regression (overload): model a's second request cannot get pages while a1 runs; after
+    # one aging interval its boost used to rank model a ahead of b on every iteration, so b's
+    # running request stalled although running a does not admit the aged one any sooner.
+    # Aging now lifts a model at most to a tie with the best API priority present: the
+    # models keep taking turns and b1 (a fifth of a1's length, never demoted) finishes first.
+    core = make(seallm(aging_interval_s=0.05, tail_guard_factor=None), num_pages=48, max_seqs=4)
+    arrivals = [req("a1", "a", n_prompt=120, max_tokens=40, t=0.0), req("b1", "b", n_prompt=4, max_tokens=8, t=0.0),
+                req("a2", "a", n_prompt=80, max_tokens=4, t=0.01)]
+    order, reqs = drive(core, arrivals)
+    assert reqs["a2"].first_scheduled_time >= reqs["a1"].finish_time - 1e-9  # it waited for pages
+    assert order.index("b1") < order.index("a1")
+
+
 def test_knob_validation():
     with pytest.raises(ValueError):
         SeaLLMConfig(tail_guard_factor=0)

@@ -15,9 +15,11 @@ paper's listing is not available:
    short service's demoted request still outranks a long service's fresh one. With
    ``demotion_order="level"`` (strict MLFQ): ``(API priority - boosts beyond the level,
    level - boosts (down to 0), B - attained, arrival)``. Which model runs the next iteration
-   follows its most urgent request's class ``(effective API class, level)``: a model with
-   undemoted work goes before one whose requests were all demoted; models tied on the class
-   take turns (ranking models by the full key starves the other models' decode batches).
+   follows its most urgent request's class ``(effective API class, level)``, where aging
+   lifts the class at most to the best API priority among the runnable requests (rule 4):
+   a model with undemoted work goes before one whose requests were all demoted; models tied
+   on the class take turns (ranking models by the full key starves the other models'
+   decode batches).
    Among models tied on the effective API class, one with runnable work that other models
    have passed over for ``max_model_skips`` iterations in a row goes first whatever its level
    (off by default: with 1 they take turns one iteration each, as under FCFS, so a model
@@ -42,7 +44,10 @@ paper's listing is not available:
    priority p that has waited k intervals has class p - k, on every model; after
    (p - q) intervals it ties with every request of API priority q that has not itself waited
    an interval nor been boosted by ``aging_factor`` (its model then gets every other
-   iteration), after (p - q + 1) it is ahead of all of them: its model runs first, it takes the first seat, and no lower request of any
+   iteration), after (p - q + 1) it is ahead of all of them: it takes the first seat, its
+   model keeps every other iteration (the model class is lifted at most to a tie with the
+   best API priority present: a lead would stall the other models' running requests while
+   the aged one may only be waiting for pages), and no lower request of any
    model is admitted into the pages it waits for (the scheduler reserves them), so it starts
    as soon as pages are free (at once when they are, or when swap room lets it swap lower
    requests out; requests that reached the scheduler's ``preemption_limit`` are not swapped
@@ -52,15 +57,23 @@ paper's listing is not available:
    the time to serve the requests that outrank it and waited at least as long.
    Tail guard (bounded slowdown, our design; ``tail_guard_factor`` g): a request that was
    demoted (level >= 1) or preempted adds up the wall time of the iterations it is not part
-   of; when that reaches g x its current budget it gets one boost (and the count restarts).
-   Its budget doubles per level, so in all it waits at most g x (sum of its budgets up to
-   its last level) < 2g x that level's budget < 4g x its size (about 2g x typically)
-   before it leads every fresh request, whichever model they belong to: the
-   slowdown stays within a constant, as FCFS's round robin gives it, where it would otherwise
-   decode only when the other models have no fresh work (low load) or sit swapped out until
-   an aging interval passes. Fresh (level-0, never preempted) requests are never lifted by
-   it, so the bound above holds against them; requests lifted by the guard count as
-   boosted there (they are a same-age backlog for it).
+   of; when that reaches g x its current budget it gets one lift (and the count restarts).
+   A lift ranks the request like a boost for seats, batch order, KV pages and preemption
+   victims, but in choosing the next model the request counts, from its first lift on, as
+   level 0 of its class: its model takes turns with the models that have fresh work
+   instead of going ahead of them (a lead would stall every fresh request of the other
+   models, decodes included, for a whole budget of the lifted request's work: the overload
+   loss of README "Overload") and keeps its turns after later demotions. A demotion takes a
+   lift back before a boost. Its budget doubles per level, so in all it
+   waits at most g x (sum of its budgets up to its last level) < 2g x that level's budget
+   < 4g x its size (about 2g x typically) before its model gets at least every k-th
+   iteration (k: the models with fresh work of its class) and it leads every fresh request
+   for pages and seats: the slowdown stays within a constant, as FCFS's round robin gives
+   it, where it would otherwise decode only when the other models have no fresh work (low
+   load) or sit swapped out until an aging interval passes. Fresh (level-0, never
+   preempted) requests are never lifted by it, so the bound above holds against them;
+   requests lifted by the guard count as boosted there (they are a same-age backlog for
+   it).
 5. Preemption at iteration boundaries: the ``max_num_seqs`` most urgent requests get the
    seats (others keep their KV pages and wait); decode tokens go first, then prefill chunks
    in priority order; under memory pressure the lowest-priority running request of the
@@ -102,8 +115,9 @@ class SeaLLMConfig:
             work that others have passed over for this many iterations in a row goes first
             regardless of level (None: by level only).
         tail_guard_factor: a demoted or preempted request that has spent this many times its
-            current budget (s) not running is boosted once (None: off); fresh requests are
-            never boosted by it. Bounds the slowdown of long requests (rule 4).
+            current budget (s) not running is lifted once (None: off): it outranks fresh
+            requests for pages and seats and its model takes turns with theirs; fresh
+            requests are never lifted. Bounds the slowdown of long requests (rule 4).
         use_request_priority: order first by the API's ``priority`` (lower first), then by DB.
         demotion_order: ``"budget"`` (a demoted request keeps competing by its remaining
             doubled budget) or ``"level"`` (strict MLFQ: any lower level runs first).
@@ -156,10 +170,12 @@ class SeaLLMConfig:
 class _DBState:
     budget_s: float
     level: int = 0
-    boost: int = 0
+    boost: int = 0  # aging boosts (rule 4): each lifts the request one API-priority class
+    lift: int = 0  # tail-guard lifts (rule 4): like a boost for keys; its model only ties
     attained_s: float = 0.0
     last_ran: float = 0.0
     waited_s: float = 0.0
+    lifted: bool = False  # lifted by the tail guard at least once: level 0 for model turns
     request: "Request | None" = None
 
 
@@ -244,14 +260,16 @@ class SeaLLMPolicy(SchedulingPolicy):
         return st
 
     def _tiers(self, request: "Request", now: float) -> tuple[_DBState, int, int]:
-        """(state, effective API class, effective level): each aging boost lifts the request
-        one API-priority class (in level order it first lifts it one level, then classes)."""
+        """(state, effective API class, effective level): each aging boost or tail-guard
+        lift raises the request one API-priority class (in level order it first raises it
+        one level, then classes)."""
         st = self._st(request, now)
         user = request.priority if self.config.use_request_priority else 0
+        up = st.boost + st.lift
         if self.config.demotion_order == "budget":
-            return st, user - st.boost, st.level
-        lift = min(st.boost, st.level)
-        return st, user - (st.boost - lift), st.level - lift
+            return st, user - up, st.level
+        down = min(up, st.level)
+        return st, user - (up - down), st.level - down
 
     def priority_key(self, request: "Request", now: float) -> tuple:
         st, cls, level = self._tiers(request, now)
@@ -259,17 +277,31 @@ class SeaLLMPolicy(SchedulingPolicy):
             return (cls, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
         return (cls, level, st.budget_s - st.attained_s, request.arrival_time, request.request_id)
 
-    def _class(self, request: "Request", now: float) -> tuple:
-        _, cls, level = self._tiers(request, now)
-        return (cls, level)
+    def _class(self, request: "Request", now: float, floor: int) -> tuple:
+        """The request's class for choosing the next model: (API priority - aging boosts,
+        but not above ``floor``, the best API priority among the runnable requests; level),
+        where a request the tail guard has lifted counts as level 0 from then on (rule 4)."""
+        st = self._st(request, now)
+        user = request.priority if self.config.use_request_priority else 0
+        level = st.level
+        boost = st.boost
+        if self.config.demotion_order == "level":
+            down = min(boost, level)
+            boost, level = boost - down, level - down
+        return (max(user - boost, floor), 0 if st.lifted else level)
 
     def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
         """The model whose most urgent runnable request has the best class (API priority,
         aging boosts, level) runs next; models tied on that take turns (least recently run
         first), so fresh requests of every service progress while demoted ones yield across
         models; within an API class a model passed over for ``max_model_skips`` iterations
-        goes first."""
-        best = {m: min(self._class(r, now) for r in rs) for m, rs in runnable.items()}
+        goes first. Aging lifts a request's model at most to the best API priority present
+        (a tie: turns), never ahead of it: a lead would stall every request of the other
+        models, decodes included, although the aged request itself may only be waiting
+        for pages (its boost already ranks it first for pages and seats)."""
+        use = self.config.use_request_priority
+        floor = min((r.priority if use else 0) for rs in runnable.values() for r in rs) if runnable else 0
+        best = {m: min(self._class(r, now, floor) for r in rs) for m, rs in runnable.items()}
         skips = self.config.max_model_skips
 
         def rank(m: str) -> tuple:
@@ -326,7 +358,8 @@ class SeaLLMPolicy(SchedulingPolicy):
                     continue
                 st.waited_s += dt
                 if st.waited_s >= guard * st.budget_s:
-                    st.boost += 1
+                    st.lift += 1
+                    st.lifted = True
                     st.waited_s = 0.0
 
     def _observe(self, model: str, step_time_s: float, prefill: int, decode: int, num_tokens: int,
@@ -352,8 +385,11 @@ class SeaLLMPolicy(SchedulingPolicy):
         st.last_ran = now
         while st.attained_s >= st.budget_s:
             st.level += 1
-            if self.config.demotion_order == "budget" and st.boost > 0:
-                st.boost -= 1
+            if self.config.demotion_order == "budget":
+                if st.lift > 0:
+                    st.lift -= 1
+                elif st.boost > 0:
+                    st.boost -= 1
             st.attained_s -= st.budget_s
             if self.config.doubling:
                 st.budget_s *= 2
