@@ -150,19 +150,25 @@ def rate_shift(a: Sequence[ServiceLoad], b: Sequence[ServiceLoad]) -> float:
     return max(tv, abs(tb - ta) / ta)
 
 
+def _group_loads(plan: PlacementPlan, scorer: Scorer):
+    """(group, [(service, rate req/s)]) for every group of ``plan`` holding a model, each
+    service's rate split evenly over its replicas (the scorer's loads)."""
+    counts = Counter(m for g in plan.groups for m in g.models)
+    for g in plan.groups:
+        if g.models:
+            yield g, [(m, scorer.services[m].rate / counts[m]) for m in g.models]
+
+
 def predicted_latency(plan: PlacementPlan, scorer: Scorer) -> float:
     """Rate-weighted mean E2E latency (s) the queueing estimate predicts for ``plan`` under
     the scorer's loads (each service's rate split evenly over its replicas; an overloaded
     group's services get the estimate's overload latency, which grows with the overload);
     inf when a service with traffic is placed nowhere."""
-    counts = Counter(m for g in plan.groups for m in g.models)
-    if any(s.rate > 0 and not counts[n] for n, s in scorer.services.items()):
+    placed = {m for g in plan.groups for m in g.models}
+    if any(s.rate > 0 and n not in placed for n, s in scorer.services.items()):
         return math.inf
     total = 0.0
-    for g in plan.groups:
-        members = [(m, scorer.services[m].rate / counts[m]) for m in g.models]
-        if not members:
-            continue
+    for g, members in _group_loads(plan, scorer):
         _, est = scorer.group(g.tensor_parallel_size, members)
         total += sum(r * est.e2e_s[m] for m, r in members)
     return total / scorer.total_rate
@@ -171,12 +177,8 @@ def predicted_latency(plan: PlacementPlan, scorer: Scorer) -> float:
 def overloaded(plan: PlacementPlan, scorer: Scorer) -> bool:
     """Whether some group of ``plan`` with traffic is predicted saturated (or out of KV
     memory) under the scorer's loads."""
-    counts = Counter(m for g in plan.groups for m in g.models)
-    for g in plan.groups:
-        members = [(m, scorer.services[m].rate / counts[m]) for m in g.models]
-        if members and sum(r for _, r in members) > 0 and not scorer.group(g.tensor_parallel_size, members)[1].feasible:
-            return True
-    return False
+    return any(sum(r for _, r in members) > 0 and not scorer.group(g.tensor_parallel_size, members)[1].feasible
+               for g, members in _group_loads(plan, scorer))
 
 
 def align_plan(old: PlacementPlan, new: PlacementPlan, cluster: ClusterSpec) -> PlacementPlan:
