@@ -424,17 +424,16 @@ def test_a_lifted_request_takes_turns_instead_of_stalling_the_other_models_fresh
         req(f"s{i}", "b", max_tokens=3, t=0.05 + i * STEP) for i in range(1500)]
     policy = seallm(aging_interval_s=None, tail_guard_factor=g)
     core = make(policy, max_seqs=4)
-    lifted_steps = []
+    steps = []  # (model of the iteration, whether A-long was lifted then)
     orig = policy.on_step
 
     def on_step(plan, result, now):
         st = policy.state("A-long")
-        lifted_steps.append((plan.model, st is not None and st.lift > 0))
+        steps.append((plan.model, st is not None and st.lift > 0))
         orig(plan, result, now)
 
     policy.on_step = on_step
     _, reqs = drive(core, arrivals)
-    steps = lifted_steps
     runs = [i for i, (m, lifted) in enumerate(steps) if lifted]
     assert runs, "the demoted request was never lifted"
     # while lifted and b has fresh work (the b stream lasts 15 s), a never runs twice in a row
