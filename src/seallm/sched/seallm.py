@@ -264,12 +264,16 @@ class SeaLLMPolicy(SchedulingPolicy):
         lift raises the request one API-priority class (in level order it first raises it
         one level, then classes)."""
         st = self._st(request, now)
+        cls, level = self._raised(request, st.level, st.boost + st.lift)
+        return st, cls, level
+
+    def _raised(self, request: "Request", level: int, up: int) -> tuple[int, int]:
+        """(API class, level) of a request at ``level`` raised ``up`` times (rule 4)."""
         user = request.priority if self.config.use_request_priority else 0
-        up = st.boost + st.lift
         if self.config.demotion_order == "budget":
-            return st, user - up, st.level
-        down = min(up, st.level)
-        return st, user - (up - down), st.level - down
+            return user - up, level
+        down = min(up, level)
+        return user - (up - down), level - down
 
     def priority_key(self, request: "Request", now: float) -> tuple:
         st, cls, level = self._tiers(request, now)
@@ -282,13 +286,8 @@ class SeaLLMPolicy(SchedulingPolicy):
         but not above ``floor``, the best API priority among the runnable requests; level),
         where a request the tail guard has lifted counts as level 0 from then on (rule 4)."""
         st = self._st(request, now)
-        user = request.priority if self.config.use_request_priority else 0
-        level = st.level
-        boost = st.boost
-        if self.config.demotion_order == "level":
-            down = min(boost, level)
-            boost, level = boost - down, level - down
-        return (max(user - boost, floor), 0 if st.lifted else level)
+        cls, level = self._raised(request, st.level, st.boost)
+        return (max(cls, floor), 0 if st.lifted else level)
 
     def model_order(self, runnable: dict[str, list["Request"]], now: float) -> list[str]:
         """The model whose most urgent runnable request has the best class (API priority,
