@@ -6,7 +6,7 @@ Matches ``transformers``' ``LlamaForCausalLM`` / ``MistralForCausalLM`` /
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from seallm.models.attention import AttentionMetadata, paged_attention
 from seallm.models.config import ModelConfig
 from seallm.models.layers import RotaryEmbedding, apply_rope, rms_norm
+from seallm.models.linear import linear, pack_linear_weight
 
 
 @dataclass
@@ -56,6 +57,16 @@ class LlamaForCausalLM:
         c = config
         self._split = [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
 
+    def packed_for_cpu(self) -> "LlamaForCausalLM":
+        """This model with its matmul weights (qkv, o, gate_up, down, an untied LM head)
+        packed once for oneDNN (:func:`seallm.models.linear.pack_linear_weight`); the same
+        model when packing is off or unsupported. Norms, biases and the embedding stay plain.
+        For CPU models only (a packed weight cannot be moved to another device)."""
+        names = ("qkv", "o", "gate_up", "down")
+        layers = [replace(w, **{n: pack_linear_weight(getattr(w, n)) for n in names}) for w in self.layers]
+        lm_head = self.lm_head if self.lm_head is self.embed else pack_linear_weight(self.lm_head)
+        return LlamaForCausalLM(self.config, self.embed, layers, self.norm, lm_head)
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, max_pos: int,
                 kv_cache: torch.Tensor, kv_pages: list[tuple[torch.Tensor, torch.Tensor]],
@@ -74,7 +85,7 @@ class LlamaForCausalLM:
         h = F.embedding(input_ids, self.embed)
         for i, w in enumerate(self.layers):
             x = rms_norm(h, w.input_norm, eps)
-            q, k, v = F.linear(x, w.qkv, w.qkv_bias).split(self._split, dim=-1)
+            q, k, v = linear(x, w.qkv, w.qkv_bias).split(self._split, dim=-1)
             q = q.view(T, c.num_heads, c.head_dim)
             k = k.view(T, c.num_kv_heads, c.head_dim)
             v = v.view(T, c.num_kv_heads, c.head_dim)
@@ -84,9 +95,9 @@ class LlamaForCausalLM:
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
             a = paged_attention(q, k, v, kv_cache[:, i], kv_pages[i], meta, self.scale)
-            h = h + F.linear(a, w.o, w.o_bias)
+            h = h + linear(a, w.o, w.o_bias)
             x = rms_norm(h, w.post_norm, eps)
-            gate, up = F.linear(x, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, w.down, w.down_bias)
+            gate, up = linear(x, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
+            h = h + linear(F.silu(gate) * up, w.down, w.down_bias)
         h = rms_norm(h[logits_rows], self.norm, eps)
-        return F.linear(h, self.lm_head).float()
+        return linear(h, self.lm_head).float()

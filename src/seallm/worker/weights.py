@@ -46,6 +46,10 @@ def copy_model(model: LlamaForCausalLM, dev: torch.device, pin: bool = False) ->
     def move(t: torch.Tensor | None) -> torch.Tensor | None:
         if t is None:
             return None
+        if t.is_mkldnn:  # a weight packed for the CPU (LlamaForCausalLM.packed_for_cpu)
+            if dev.type == "cpu" and not pin:
+                return t.clone()
+            t = t.to_dense()
         if pin:
             return t.to("cpu").pin_memory()
         return t.to(dev, non_blocking=True, copy=True)
@@ -149,7 +153,7 @@ class WeightLoader:
             return model, "host_cache", time.perf_counter() - t0
         host = load_model(self.configs[name])
         if on_cpu:
-            model = host
+            model = host.packed_for_cpu()
         else:
             self.cache.put(name, copy_model(host, self.device, pin=True))
             model = copy_model(host, self.device)
