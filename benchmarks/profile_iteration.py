@@ -91,6 +91,8 @@ def instrument(T: Timers) -> None:
     proxy = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
     proxy.linear = T.wrap("linear", F.linear)
     llama.F = proxy
+    if hasattr(llama, "linear"):  # linear layers through seallm.models.linear (packed weights)
+        llama.linear = T.wrap("linear", llama.linear)
     llama.paged_attention = T.wrap("attention", llama.paged_attention)
     if hasattr(attention, "write_kv"):
         attention.write_kv = T.wrap("kv_write", attention.write_kv)

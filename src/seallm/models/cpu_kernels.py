@@ -9,7 +9,10 @@ step, then cached under ``~/.cache/seallm/torch_extensions`` (override with
 ``SEALLM_TORCH_EXTENSIONS_DIR``; one build per CPU type and torch version, since
 ``-march=native`` code may not run elsewhere); later processes load it in ~0.2 s.
 
-Set ``SEALLM_CPU_KERNELS=0`` to disable the kernels (the SDPA path is used instead).
+The same build holds the fused elementwise ops of ``csrc/fused_ops_cpu.cpp`` (residual add +
+RMSNorm, in-place RoPE; :func:`fused_ops`), which replace five to ten small eager ops each.
+
+Set ``SEALLM_CPU_KERNELS=0`` to disable the kernels (the SDPA path and eager ops are used instead).
 
 Instruction set: the C++ source picks its SIMD path at compile time (AVX-512, else
 AVX2+FMA+F16C, else a portable path the compiler auto-vectorizes). ``SEALLM_CPU_ISA``
@@ -40,7 +43,7 @@ import torch
 logger = logging.getLogger("seallm")
 
 _SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-_SOURCES = [os.path.join(_SRC_DIR, "paged_attention_cpu.cpp")]
+_SOURCES = [os.path.join(_SRC_DIR, "paged_attention_cpu.cpp"), os.path.join(_SRC_DIR, "fused_ops_cpu.cpp")]
 ISA_CHOICES = ("native", "avx2", "generic")
 # build variant -> (suffix of the op namespace, library and build directory; extra cflags)
 _VARIANTS = {
@@ -50,7 +53,7 @@ _VARIANTS = {
 }
 _locks = {v: threading.Lock() for v in _VARIANTS}  # one per build: different builds may run in parallel
 # per build variant (see _variant): {"op": the loaded op or None (failed), "isa": its SIMD
-# path, "compile_s": build/load time}
+# path, "fused": (add_rms_norm, rope_) ops of csrc/fused_ops_cpu.cpp, "compile_s": build/load time}
 _state: dict[str, dict[str, object]] = {}
 
 
@@ -146,7 +149,7 @@ def _load(isa: str | None = None):
             return st["op"]
         suffix, cflags = _VARIANTS[variant]
         t0 = time.perf_counter()
-        op = kisa = None
+        op = kisa = fused = None
         try:
             _ensure_ninja_on_path()
             from torch.utils.cpp_extension import load
@@ -163,6 +166,7 @@ def _load(isa: str | None = None):
             )
             ns = getattr(torch.ops, "seallm_cpu" + suffix)
             op, kisa = ns.paged_decode_attention, ns.isa()
+            fused = (ns.add_rms_norm, ns.rope_)
         except Exception as e:  # no compiler, no ninja, build error, ...
             lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
             brief = " | ".join(lines[:1] + lines[-3:] if len(lines) > 4 else lines)[:800]
@@ -170,7 +174,8 @@ def _load(isa: str | None = None):
                            variant, type(e).__name__, brief)
             logger.debug("CPU kernel build failure", exc_info=True)
             op = None
-        st = {"op": op, "isa": kisa if op is not None else None, "compile_s": time.perf_counter() - t0}
+        st = {"op": op, "isa": kisa if op is not None else None, "fused": fused if op is not None else None,
+              "compile_s": time.perf_counter() - t0}
         _state[variant] = st
         if op is not None:
             logger.info("seallm CPU attention kernel (%s build, %s path) ready in %.1f s", variant, kisa,
@@ -236,3 +241,12 @@ def paged_decode_attention(q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.
     op(q, k_rows, v_rows, block_tables, context_lens, int(tokens_per_page), int(num_kv_heads), float(scale),
        window, out)
     return out
+
+
+def fused_ops(isa: str | None = None) -> tuple | None:
+    """The fused elementwise ops of ``csrc/fused_ops_cpu.cpp`` (``add_rms_norm``,
+    ``rope_``; see :mod:`seallm.models.layers` for their use), built with the attention
+    kernel; None if ``SEALLM_CPU_KERNELS=0`` or the build failed."""
+    if not decode_attention_available(isa):
+        return None
+    return _state[_variant(isa)]["fused"]  # type: ignore[return-value]

@@ -1,4 +1,9 @@
-"""Building blocks of Llama-family decoders: RMSNorm and rotary position embeddings."""
+"""Building blocks of Llama-family decoders: RMSNorm and rotary position embeddings.
+
+:func:`add_rms_norm` and :func:`rope_` run as one fused native op each on the CPU when the
+kernels are built (:func:`seallm.models.cpu_kernels.fused_ops`), else as the eager ops
+below; both forms round where ``transformers`` rounds.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,12 @@ import math
 from typing import Any
 
 import torch
+
+from seallm.models.cpu_kernels import fused_ops
+
+
+def _fused(x: torch.Tensor) -> tuple | None:
+    return fused_ops() if x.device.type == "cpu" else None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -17,6 +28,35 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.to(torch.float32)
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(dtype)
+
+
+def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> torch.Tensor:
+    """``residual += delta`` in place (when ``delta`` is given), then :func:`rms_norm` of
+    the new residual, into a new tensor.
+
+    Shapes: ``residual``, ``delta`` [T, D] (unit stride in D), ``weight`` [D] -> [T, D].
+    """
+    ops = _fused(residual)
+    if ops is not None and residual.stride(-1) == 1 and (delta is None or delta.stride(-1) == 1):
+        out = torch.empty_like(residual)
+        ops[0](residual, delta, weight, eps, out)
+        return out
+    if delta is not None:
+        residual.add_(delta)
+    return rms_norm(residual, weight, eps)
+
+
+def rope_(x: torch.Tensor, positions: torch.Tensor, rope: "RotaryEmbedding", max_pos: int) -> None:
+    """Rotate ``x`` [T, heads, head_dim] in place by the RoPE angles of ``positions`` [T]
+    (int64, each <= ``max_pos``); ``x`` may be a strided view (e.g. the q and k columns of
+    a fused qkv output) with unit stride in head_dim."""
+    cos, sin = rope.tables(max_pos)
+    ops = _fused(x)
+    if ops is not None and x.stride(-1) == 1:
+        ops[1](x, positions, cos, sin)
+        return
+    x.copy_(apply_rope(x, cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)))
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:
@@ -71,11 +111,11 @@ class RotaryEmbedding:
         self._cos = emb.cos().to(self.dtype).to(self.device)
         self._sin = emb.sin().to(self.dtype).to(self.device)
 
-    def cos_sin(self, positions: torch.Tensor, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables for ``positions`` [T] -> cos, sin [T, 1, head_dim] (broadcast over heads)."""
+    def tables(self, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cos and sin tables [P, head_dim] (contiguous), grown to cover ``max_pos``."""
         if max_pos >= self._cos.shape[0]:
             self._grow(max_pos + 1)
-        return self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
+        return self._cos, self._sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from seallm.models.attention import AttentionMetadata, paged_attention
 from seallm.models.config import ModelConfig
-from seallm.models.layers import RotaryEmbedding, apply_rope, rms_norm
+from seallm.models.layers import RotaryEmbedding, add_rms_norm, rms_norm, rope_
 from seallm.models.linear import linear, pack_linear_weight
 
 
@@ -81,23 +81,29 @@ class LlamaForCausalLM:
         c = self.config
         T = input_ids.shape[0]
         eps = c.rms_norm_eps
-        cos, sin = self.rope.cos_sin(positions, max_pos)
-        h = F.embedding(input_ids, self.embed)
+        H, Hkv, D = c.num_heads, c.num_kv_heads, c.head_dim
+        h = F.embedding(input_ids, self.embed)  # the residual stream, updated in place
+        x = add_rms_norm(h, None, self.layers[0].input_norm, eps)
+        last = len(self.layers) - 1
         for i, w in enumerate(self.layers):
-            x = rms_norm(h, w.input_norm, eps)
-            q, k, v = linear(x, w.qkv, w.qkv_bias).split(self._split, dim=-1)
-            q = q.view(T, c.num_heads, c.head_dim)
-            k = k.view(T, c.num_kv_heads, c.head_dim)
-            v = v.view(T, c.num_kv_heads, c.head_dim)
-            if w.q_norm is not None:
-                q = rms_norm(q, w.q_norm, eps)
-                k = rms_norm(k, w.k_norm, eps)
-            q = apply_rope(q, cos, sin)
-            k = apply_rope(k, cos, sin)
+            qkv = linear(x, w.qkv, w.qkv_bias)
+            q, k, v = qkv.split(self._split, dim=-1)
+            v = v.view(T, Hkv, D)
+            if w.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
+                q = rms_norm(q.reshape(T, H, D), w.q_norm, eps)
+                k = rms_norm(k.reshape(T, Hkv, D), w.k_norm, eps)
+                rope_(q, positions, self.rope, max_pos)
+                rope_(k, positions, self.rope, max_pos)
+            else:  # q and k rotated where they lie in the qkv output
+                rope_(qkv[:, : (H + Hkv) * D].view(T, H + Hkv, D), positions, self.rope, max_pos)
+                q, k = q.view(T, H, D), k.view(T, Hkv, D)
             a = paged_attention(q, k, v, kv_cache[:, i], kv_pages[i], meta, self.scale)
-            h = h + linear(a, w.o, w.o_bias)
-            x = rms_norm(h, w.post_norm, eps)
+            x = add_rms_norm(h, linear(a, w.o, w.o_bias), w.post_norm, eps)
             gate, up = linear(x, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
-            h = h + linear(F.silu(gate) * up, w.down, w.down_bias)
+            down = linear(F.silu(gate) * up, w.down, w.down_bias)
+            if i < last:
+                x = add_rms_norm(h, down, self.layers[i + 1].input_norm, eps)
+            else:
+                h.add_(down)
         h = rms_norm(h[logits_rows], self.norm, eps)
         return linear(h, self.lm_head).float()
