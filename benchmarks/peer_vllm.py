@@ -269,11 +269,12 @@ def stop(proc: subprocess.Popen) -> None:
         pass
 
 
-def start_seallm(args, models: dict[str, str], dtype: str, log: str) -> tuple[subprocess.Popen, str]:
+def start_seallm(args, models: dict[str, str], dtype: str, log: str, extra: tuple[str, ...] = ()
+                 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "seallm.cli", "serve", "--port", str(port), "--dtype", DTYPES[dtype],
            "--kv-cache-memory", f"{args.kv_gib * len(models)}GiB",
-           "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--log-level", "warning"]
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--log-level", "warning", *extra]
     for name, path in models.items():
         cmd += ["--model", f"{name}={path}"]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
@@ -316,6 +317,7 @@ async def _bench(base: str, model: str, n: int, conc: int, args, seed: int) -> d
     return dict(requests=o.num_requests, completed=o.num_completed, failed=o.num_failed,
                 output_tokens=o.output_tokens, seconds=o.duration_s, output_tokens_per_s=o.output_throughput,
                 tpot_p50_s=o.tpot.p50, ttft_p50_s=o.ttft.p50, e2e_p50_s=o.e2e.p50,
+                tpot_p99_s=o.tpot.p99, ttft_p99_s=o.ttft.p99, e2e_p99_s=o.e2e.p99,
                 first_error=errors[0][:300] if errors else None)
 
 
@@ -340,12 +342,20 @@ def served_run(system: str, args, dtype: str, ckpt: str, logdir: str) -> dict:
     return out
 
 
+TWO_MODEL_SYSTEMS = ("seallm", "vllm", "seallm_serial")  # seallm_serial: --concurrent-models 1
+LATENCY_KEYS = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s")
+
+
 def two_model_run(system: str, args, dtype: str, ckpts: dict[str, str], logdir: str) -> dict:
+    """Both models under load at once: ``seallm`` (one server holding both, its default
+    concurrent decode iterations), ``seallm_serial`` (the same, one iteration at a time) or
+    ``vllm`` (one server per model, one core each)."""
     procs: list[tuple[subprocess.Popen, str, str]] = []  # (proc, base, log)
     try:
-        if system == "seallm":
-            log = os.path.join(logdir, f"two-seallm-{dtype}.log")
-            p, base = start_seallm(args, ckpts, dtype, log)
+        if system.startswith("seallm"):
+            log = os.path.join(logdir, f"two-{system}-{dtype}.log")
+            extra = ("--concurrent-models", "1") if system == "seallm_serial" else ()
+            p, base = start_seallm(args, ckpts, dtype, log, extra)
             procs.append((p, base, log))
             bases = {name: base for name in ckpts}
         else:
@@ -373,9 +383,23 @@ def two_model_run(system: str, args, dtype: str, ckpts: dict[str, str], logdir: 
             stop(p)
     tokens = sum(r["output_tokens"] for r in results)
     seconds = max(r["seconds"] for r in results)
+    latency = {k: statistics.mean(r[k] for r in results) for k in LATENCY_KEYS
+               if all(r.get(k) is not None for r in results)}  # the two models' mean
     return dict(startup_s=startup, per_model=dict(zip(bases, results)), output_tokens=tokens, seconds=seconds,
-                wall_s=wall, output_tokens_per_s=tokens / seconds,
+                wall_s=wall, output_tokens_per_s=tokens / seconds, latency=latency,
                 failed=sum(r["failed"] for r in results))
+
+
+def summarize_two_model(rs: dict) -> dict:
+    d = row([r["output_tokens_per_s"] for r in rs["seallm"]], [r["output_tokens_per_s"] for r in rs["vllm"]])
+    serial = stats([r["output_tokens_per_s"] for r in rs.get("seallm_serial", [])])
+    d["seallm_serial"] = serial
+    if serial["median"] and d["seallm"]["median"]:
+        d["ratio_concurrent_over_serial"] = d["seallm"]["median"] / serial["median"]
+    d["latency_medians_s"] = {s: {k: stats([r["latency"].get(k) for r in runs if "latency" in r])["median"]
+                                  for k in LATENCY_KEYS} for s, runs in rs.items()}
+    d["runs"] = rs
+    return d
 
 
 # --------------------------------------------------------------------------- summaries
@@ -544,7 +568,8 @@ def main() -> None:
                     requests="rounds x streams", rounds=args.served_rounds, client="seallm.bench (closed loop)"),
         two_model=dict(inflight_total=args.two_model_inflight,
                        vllm="two servers, one core each (taskset + VLLM_CPU_OMP_THREADS_BIND)",
-                       seallm="one server, both models"))
+                       seallm="one server, both models, concurrent decode iterations (the default)",
+                       seallm_serial="the same with --concurrent-models 1 (one iteration at a time)"))
     ckpt = peer_checkpoint(0)
     logdir = tempfile.mkdtemp(prefix="peer_vllm_")
     result["logs"] = logdir
@@ -575,7 +600,8 @@ def main() -> None:
         tasks += [("served", d) for d in args.dtypes]
     if "two-model" in args.parts:
         tasks += [("two-model", d) for d in (args.two_model_dtypes or args.dtypes)]
-    runs: dict = {t: {"seallm": [], "vllm": []} for t in tasks}
+    runs: dict = {t: {s: [] for s in (TWO_MODEL_SYSTEMS if t[0] == "two-model" else ("seallm", "vllm"))}
+                  for t in tasks}
     pair_s: dict = {}
     ckpts = {"a": ckpt, "b": peer_checkpoint(1)} if "two-model" in args.parts else {}
     deadline = t_begin + args.deadline_min * 60 if args.deadline_min else None
@@ -587,9 +613,7 @@ def main() -> None:
             elif part == "served":
                 d = result.setdefault("served", {})[dtype] = summarize_served(rs, args)
             else:
-                d = result.setdefault("two_model", {})[dtype] = row(
-                    [r["output_tokens_per_s"] for r in rs["seallm"]], [r["output_tokens_per_s"] for r in rs["vllm"]])
-                d["runs"] = rs
+                d = result.setdefault("two_model", {})[dtype] = summarize_two_model(rs)
             d["repetitions_done"] = {s: len(v) for s, v in rs.items()}
         save()
 
@@ -601,7 +625,9 @@ def main() -> None:
                 print(f"  skipping {part} {dtype} repetition {rep + 1} (deadline)", flush=True)
                 continue
             t_pair = time.time()
-            for system in order(rep):
+            systems = order(rep) if part != "two-model" else (
+                TWO_MODEL_SYSTEMS if rep % 2 == 0 else TWO_MODEL_SYSTEMS[::-1])
+            for system in systems:
                 label = f"{part} {dtype} rep {rep} {system}"
                 if part == "offline":
                     r = attempt(label, run_child, system, args, dtype, ckpt)

@@ -52,3 +52,20 @@ def test_bad_replica_keys_in_a_file(tmp_path):
         load_deployment(str(f))
     with pytest.raises(ValueError, match="routing_policy"):
         DeploymentConfig(models=MODELS, routing_policy="random")
+
+
+def test_concurrent_models_from_file_and_flag(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("models:\n  - {name: a, path: a}\nconcurrent_models: 1\n")
+    assert load_deployment(str(f)).concurrent_models == 1
+    assert DeploymentConfig(models=MODELS).concurrent_models == "auto"
+    for bad in (0, "many", 1.5, False):
+        with pytest.raises(ValueError, match="concurrent_models must be a positive integer or 'auto'"):
+            DeploymentConfig(models=MODELS, concurrent_models=bad)
+    from seallm.server.cli import _concurrent_models
+
+    assert (_concurrent_models("auto"), _concurrent_models("2")) == ("auto", 2)
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        _concurrent_models("0")

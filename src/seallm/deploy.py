@@ -158,6 +158,10 @@ class DeploymentConfig:
             reload; each request at most once). null: always wait for the drain.
         threads: intra-op CPU threads of the engine process (None: PyTorch's default, every
             core); with several replicas on one CPU host, give each its share.
+        concurrent_models: CPU: most models whose decode iterations run at the same time,
+            each on its share of the threads (:class:`seallm.engine.core.ReplicaCore`,
+            "Concurrent iterations"); 1: one iteration at a time on every thread; "auto":
+            every model, up to the thread count, on CPU, and 1 elsewhere.
         replicas: the replicas behind the one endpoint (:class:`ReplicaEntry`; empty: one
             replica holding every model, with the settings above). A request goes to a
             replica that lists its model, chosen by ``routing_policy``.
@@ -201,6 +205,7 @@ class DeploymentConfig:
     residency_policy: str = "seallm"
     residency_preempt_after: float | None = 1.0
     threads: int | None = None
+    concurrent_models: int | str = "auto"
     replicas: tuple[ReplicaEntry, ...] = ()
     routing_policy: str = "least_loaded"
     host: str = "127.0.0.1"
@@ -261,6 +266,10 @@ class DeploymentConfig:
                         self.residency_policy, preempt_after=self.residency_preempt_after)  # validates
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or null, got {self.threads!r}")
+        if self.concurrent_models != "auto" and (not isinstance(self.concurrent_models, int)
+                                                 or isinstance(self.concurrent_models, bool)
+                                                 or self.concurrent_models < 1):
+            raise ValueError(f"concurrent_models must be a positive integer or 'auto', got {self.concurrent_models!r}")
         if self.routing_policy not in ROUTING_POLICIES:
             raise ValueError(f"unknown routing_policy {self.routing_policy!r}; known: {list(ROUTING_POLICIES)}")
         self._check_replicas(names)
@@ -514,7 +523,8 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
         loader = WeightLoader(configs, dev, cache)
         models = {n: loader.load_now(n) for n in layout.resident}
         return ModelExecutor(models, layout.num_pages, layout.page_size_bytes, dict(layout.tokens_per_page), dev,
-                             num_host_pages=layout.num_host_pages, loader=loader)
+                             num_host_pages=layout.num_host_pages, loader=loader,
+                             concurrent_models=len(configs) if cfg.concurrent_models == "auto" else cfg.concurrent_models)
 
     rep = build_replica(spec, executor, WallClock())
     lay = rep.layout

@@ -56,6 +56,9 @@ class LLM:
             ``max_resident_models`` (or ``weights_memory`` bytes of weights) on the device; a
             prompt for another model loads it (from the host cache of ``host_weight_cache``
             bytes, else from disk), evicting an idle unpinned one.
+        concurrent_models: CPU: most models whose decode iterations run at the same time,
+            each on its share of the threads ("auto": every model, up to the thread count;
+            1: one iteration at a time).
 
     Raises:
         seallm.models.CheckpointError: unsupported architecture or malformed checkpoint.
@@ -82,6 +85,7 @@ class LLM:
         residency_policy: str = "seallm",
         pinned: Sequence[str] = (),
         residency_preempt_after: float | None = 1.0,
+        concurrent_models: int | str = "auto",
     ) -> None:
         if not models:
             raise ValueError("LLM needs at least one model: models={'name': '/path/to/checkpoint'}")
@@ -95,7 +99,7 @@ class LLM:
             gpu_memory_utilization=gpu_memory_utilization, policy_options=dict(policy_options or {}),
             preemption_mode=preemption_mode, swap_space=swap_space, max_resident_models=max_resident_models,
             weights_memory=weights_memory, host_weight_cache=host_weight_cache, residency_policy=residency_policy,
-            residency_preempt_after=residency_preempt_after)
+            residency_preempt_after=residency_preempt_after, concurrent_models=concurrent_models)
         stack = build_engine(cfg)
         self.configs: dict[str, ModelConfig] = stack.model_configs
         self.kv = stack.kv

@@ -37,3 +37,22 @@ class ModelLoader(Protocol):
     def poll_loads(self) -> list[ModelEvent]: ...
 
     def unload(self, model: str) -> None: ...
+
+
+@runtime_checkable
+class ConcurrentExecutor(Protocol):
+    """An executor that runs the iterations of several models at the same time, each on its
+    own share of the device (a CPU's cores). ``max_concurrent_plans`` (>= 1) says how many
+    at most; ``execute_concurrent`` runs one plan per model (distinct models, page copies
+    only in the first) and returns, in the same order, each plan's :class:`StepResult` or
+    the exception its iteration raised (one plan failing leaves the others' results).
+
+    A concurrent result's ``step_time`` is the plan's share of the device time: its wall
+    time times the fraction of the device it had (two plans on one core each of two: half
+    their wall time), so that per-iteration costs learned from it add up to the device's
+    busy time as serial iterations' do.
+    """
+
+    max_concurrent_plans: int
+
+    def execute_concurrent(self, plans: "list[StepPlan]") -> "list[StepResult | Exception]": ...

@@ -229,6 +229,46 @@ class Scheduler:
                 return StepPlan(model=model, seqs=tuple(seqs), finished_ids=finished, swaps=swaps)
         return None
 
+    def schedule_concurrent(self, now: float, busy: Iterable[str], max_tokens: int) -> StepPlan | None:
+        """A decode-only plan that may run *at the same time* as the plans of the models in
+        ``busy`` (planned by :meth:`schedule` or by this method since the last
+        :meth:`update`), on other cores of the same CPU; None when no other model has one.
+
+        It holds decode tokens of running requests of one model (the first of the policy's
+        :meth:`~SchedulingPolicy.model_order` among the models not in ``busy``), in the
+        policy's order, at most ``max_tokens`` of them and ``max_num_seqs``, each only while
+        a free page covers its next token. Nothing is admitted, preempted or swapped, so
+        the requests of the busy plans are untouched and this plan carries no page copies.
+        Requests the policy leaves out of its allocation get nothing; admissions wait for
+        the model's next :meth:`schedule` turn.
+        """
+        busy = set(busy)
+        runnable = {}
+        for m in self.kv.models:
+            if m in busy:
+                continue
+            rs = [r for r in self.running[m] if r.num_uncomputed_tokens == 1]
+            if rs:
+                runnable[m] = rs
+        if not runnable:
+            return None
+        limits = self.limits()
+        for model in self.policy.model_order(runnable, now):
+            alloc = self.policy.allocate(model, runnable[model], now, limits)
+            seqs: list[SeqChunk] = []
+            for r in alloc.order:
+                if len(seqs) >= min(max_tokens, self.config.max_num_seqs, alloc.token_budget):
+                    break
+                if (r.status is not RequestStatus.RUNNING or r.num_uncomputed_tokens != 1
+                        or self._cap(alloc, r, 1) == 0):
+                    continue
+                if not self.kv.allocate(r.request_id, model, r.num_computed_tokens + 1):
+                    break  # no free page: the rest waits for the model's own turn
+                seqs.append(self._chunk(r, 1))
+            if seqs:
+                return StepPlan(model=model, seqs=tuple(seqs))
+        return None
+
     @staticmethod
     def _cap(alloc: BatchAllocation, r: Request, budget: int) -> int:
         """Tokens ``r`` gets now: what it has left, within the budget and its allocation."""

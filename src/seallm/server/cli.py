@@ -52,12 +52,27 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="which model loads next and which makes room (default seallm)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op CPU threads of the engine process (default: every core)")
+    p.add_argument("--concurrent-models", type=_concurrent_models, default=None,
+                   help="CPU: most models whose decode iterations run at once, each on its share of the "
+                        "threads (default auto: every model, up to the thread count; 1: one at a time)")
     p.add_argument("--routing-policy", default=None, choices=ROUTING_POLICIES,
                    help="how a request picks one of several replicas (default least_loaded; slo: "
                         "try-then-forward on the replicas' SLO planners)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_serve)
+
+
+def _concurrent_models(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {v!r}")
+    return n
 
 
 def deployment_from_args(args: argparse.Namespace):
@@ -92,7 +107,8 @@ def deployment_from_args(args: argparse.Namespace):
                               allow_request_chat_template=args.allow_request_chat_template,
                               max_resident_models=args.max_resident_models, weights_memory=args.weights_memory,
                               host_weight_cache=args.host_weight_cache, residency_policy=args.residency_policy,
-                              threads=args.threads, routing_policy=args.routing_policy)
+                              threads=args.threads, concurrent_models=args.concurrent_models,
+                              routing_policy=args.routing_policy)
 
 
 def run_serve(args: argparse.Namespace) -> int:

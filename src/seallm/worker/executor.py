@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import torch
 
@@ -26,6 +29,9 @@ class ModelExecutor:
         num_host_pages: pages of the host swap space (0: no swapping).
         loader: loads further models at run time (:class:`~seallm.worker.weights.WeightLoader`;
             None: the set of models is fixed). Makes this a ``ModelLoader``.
+        concurrent_models: CPU only: most models whose iterations run at the same time
+            (:meth:`execute_concurrent`), each on its share of the intra-op threads; 1: one
+            iteration at a time on all of them. Capped by the thread count.
 
     The pool is one uint8 tensor of ``num_pages * page_size_bytes`` bytes; each model gets
     a strided view of it (:func:`seallm.models.attention.kv_view`). The swap space is a
@@ -34,8 +40,14 @@ class ModelExecutor:
 
     def __init__(self, models: dict[str, LlamaForCausalLM], num_pages: int, page_size_bytes: int,
                  tokens_per_page: dict[str, int], device: str | torch.device = "cpu",
-                 num_host_pages: int = 0, loader: WeightLoader | None = None) -> None:
+                 num_host_pages: int = 0, loader: WeightLoader | None = None,
+                 concurrent_models: int = 1) -> None:
         self.device = torch.device(device)
+        self.num_threads = torch.get_num_threads()
+        self.max_concurrent_plans = (max(1, min(int(concurrent_models), self.num_threads))
+                                     if self.device.type == "cpu" else 1)
+        self._lanes: ThreadPoolExecutor | None = None
+        self._lane_threads = threading.local()
         if self.device.type == "cpu":
             tune_malloc()
         self.models: dict[str, LlamaForCausalLM] = {}
@@ -105,6 +117,40 @@ class ModelExecutor:
                 self.host_pages.index_copy_(0, dst, self.pages.index_select(0, src.to(self.device)).cpu())
             else:
                 self.pages.index_copy_(0, dst.to(self.device), self.host_pages.index_select(0, src).to(self.device))
+
+    def execute_concurrent(self, plans: list[StepPlan]) -> list[StepResult | Exception]:
+        """Run several models' plans at the same time (CPU), each in its own thread with an
+        equal share of the intra-op threads (``torch.set_num_threads`` is per thread);
+        returns each plan's result, its ``step_time`` scaled by its share of the threads
+        (see :class:`~seallm.engine.executor.ConcurrentExecutor`), or the exception it
+        raised.
+
+        Raises:
+            ValueError: more plans than ``max_concurrent_plans``, or two plans of one model.
+        """
+        n = len(plans)
+        if n > self.max_concurrent_plans or len({p.model for p in plans}) != n:
+            raise ValueError(f"cannot run {n} plans at once (at most {self.max_concurrent_plans}, distinct models)")
+        if self._lanes is None:
+            self._lanes = ThreadPoolExecutor(self.max_concurrent_plans, thread_name_prefix="seallm-lane")
+        total = self.num_threads
+        shares = [total // n + (1 if i < total % n else 0) for i in range(n)]
+        futures = [self._lanes.submit(self._run_lane, p, k) for p, k in zip(plans, shares)]
+        out: list[StepResult | Exception] = []
+        for f, k in zip(futures, shares):
+            try:
+                r = f.result()
+            except Exception as e:  # noqa: BLE001 - reported per plan
+                out.append(e)
+                continue
+            out.append(replace(r, step_time=r.step_time * k / total))
+        return out
+
+    def _run_lane(self, plan: StepPlan, threads: int) -> StepResult:
+        if getattr(self._lane_threads, "n", None) != threads:
+            torch.set_num_threads(threads)
+            self._lane_threads.n = threads
+        return self.execute(plan)
 
     def execute(self, plan: StepPlan) -> StepResult:
         """Perform the plan's page copies, in order, then run one iteration of ``plan.model``;
