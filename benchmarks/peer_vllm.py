@@ -455,8 +455,8 @@ def summarize_served(runs: dict, args) -> dict:
         c = str(conc)
         d = out[c] = row([r[c]["output_tokens_per_s"] for r in runs["seallm"] if c in r],
                          [r[c]["output_tokens_per_s"] for r in runs["vllm"] if c in r])
-        d["tpot_p50_s"] = dict(seallm=stats([r[c]["tpot_p50_s"] for r in runs["seallm"] if c in r]),
-                               vllm=stats([r[c]["tpot_p50_s"] for r in runs["vllm"] if c in r]))
+        for k in ("tpot_p50_s", "ttft_p50_s"):
+            d[k] = {s: stats([r[c].get(k) for r in runs[s] if c in r]) for s in ("seallm", "vllm")}
         d["runs"] = {s: [r.get(c) for r in rs] for s, rs in runs.items()}
     out["startup_s"] = {s: [r["startup_s"] for r in rs] for s, rs in runs.items()}
     return out
