@@ -177,3 +177,39 @@ def test_schedule_concurrent_takes_only_free_pages():
     assert side is not None and side.num_tokens == 1 and kv.pool.num_free == 0
     assert sched.num_preemptions == 0  # nobody was preempted to make room
     kv.check_integrity()
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_the_policy_learns_a_group_together(together):
+    """The seallm policy's tail guard counts a demoted request's waiting; in a group, the
+    requests of every plan ran, so none of them waited (applied one by one, the second
+    plan's requests would count the first one's iteration as waiting)."""
+    kv = KVCacheManager(PagePool(256, PAGE))
+    for m in ("a", "b"):
+        kv.add_model(m, SPEC)
+    policy = make_policy("seallm")
+    sched = Scheduler(kv, policy, SchedulerConfig(64, 16, "recompute"))
+    ex = FakeExecutor({m: kv.tokens_per_page(m) for m in ("a", "b")})
+    for i in range(4):
+        sched.add_request(Request(f"r{i}", "ab"[i % 2], [3, 4, 5, 6], SamplingParams(max_tokens=20, ignore_eos=True), 0.0))
+    now = 0.0
+    for _ in range(2):
+        plan = sched.schedule(now)
+        now += 0.01
+        sched.update(plan, ex.execute(plan), now)
+    for st in policy._state.values():
+        st.level, st.waited_s = 1, 0.0  # demoted: the tail guard watches them
+    plan = sched.schedule(now)
+    side = sched.schedule_concurrent(now, [plan.model], 8)
+    results = [ex.execute(plan), ex.execute(side)]
+    now += 0.5
+    if together:
+        sched.update_concurrent([plan, side], results, now)
+    else:
+        for p, r in zip([plan, side], results):
+            sched.update(p, r, now)
+    waited = {rid: st.waited_s for rid, st in policy._state.items()}
+    if together:
+        assert all(w == 0.0 for w in waited.values())
+    else:
+        assert any(w > 0 for w in waited.values())

@@ -228,8 +228,9 @@ class ReplicaCore:
         return done + self.apply(plan, result)
 
     def _step_concurrent(self, plans: list[StepPlan]) -> list[Request]:
-        """Run several models' plans at once; each is applied like a serial one (a failed
-        one through :meth:`_isolate`, serially, after the others)."""
+        """Run several models' plans at once and apply the results together
+        (:meth:`Scheduler.update_concurrent`); a failed plan goes through :meth:`_isolate`,
+        serially, after the others."""
         t0 = time.perf_counter()
         results = self.executor.execute_concurrent(plans)
         wall = time.perf_counter() - t0
@@ -237,15 +238,14 @@ class ReplicaCore:
         if isinstance(self.clock, ManualClock):  # the plans' shares add up to the device's busy time
             self.clock.advance(sum(r.step_time + r.swap_time for r in results if isinstance(r, StepResult)))
         self.last_executed = (plans[0].model, wall)
-        out: list[Request] = []
-        failed = []
-        for plan, result in zip(plans, results):
-            if not isinstance(result, StepResult):
-                failed.append((plan, result))
-                continue
-            if self.residency is not None:
-                self.residency.on_run(plan.model, self.clock.now(), result.step_time, plan.num_tokens)
-            out += self.apply(plan, result)
+        now = self.clock.now()
+        ok = [(p, r) for p, r in zip(plans, results) if isinstance(r, StepResult)]
+        failed = [(p, r) for p, r in zip(plans, results) if not isinstance(r, StepResult)]
+        if self.residency is not None:
+            for plan, result in ok:
+                self.residency.on_run(plan.model, now, result.step_time, plan.num_tokens)
+        self.num_steps += len(ok)
+        out = self.scheduler.update_concurrent([p for p, _ in ok], [r for _, r in ok], now) if ok else []
         for plan, error in failed:
             out += self._isolate(plan, error)
         return out

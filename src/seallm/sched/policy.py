@@ -113,6 +113,14 @@ class SchedulingPolicy(ABC):
     def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
         """Learn from a finished iteration (profiles, budgets). Default: nothing."""
 
+    def on_steps(self, plans: Sequence["StepPlan"], results: Sequence["StepResult"], now: float) -> None:
+        """Learn from iterations of different models that ran at the same time, on shares
+        of the device, ending at ``now`` (s); ``results[i]`` is ``plans[i]``'s. Default: one
+        :meth:`on_step` each, in order. A policy that accounts for waiting overrides it so
+        that the requests of one plan do not count as waiting while another's ran."""
+        for plan, result in zip(plans, results):
+            self.on_step(plan, result, now)
+
     def on_finish(self, request: "Request", now: float) -> None:
         """Forget per-request state. Default: nothing."""
 

@@ -8,7 +8,7 @@ and preempts (by recompute, or by swapping to host memory) when pages run out.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from seallm.core import FinishReason, PageCopy, Request, RequestStatus, SeqChunk, StepPlan, StepResult
 from seallm.kv import KVCacheManager, KVSpec
@@ -615,6 +615,21 @@ class Scheduler:
         requests that hit EOS, a stop token id, ``max_tokens`` or the context length.
 
         Returns the requests that received a token (finished ones included)."""
+        out = self._apply_result(plan, result, now)
+        self.policy.on_step(plan, result, now)
+        return out
+
+    def update_concurrent(self, plans: Sequence[StepPlan], results: Sequence[StepResult], now: float) -> list[Request]:
+        """:meth:`update` for iterations of different models that ran at the same time
+        (:meth:`schedule` and :meth:`schedule_concurrent`), all ending at ``now`` (s); the
+        policy learns from them together (:meth:`SchedulingPolicy.on_steps`)."""
+        out: list[Request] = []
+        for plan, result in zip(plans, results):
+            out += self._apply_result(plan, result, now)
+        self.policy.on_steps(plans, results, now)
+        return out
+
+    def _apply_result(self, plan: StepPlan, result: StepResult, now: float) -> list[Request]:
         out: list[Request] = []
         for seq in plan.seqs:
             r = self.requests.get(seq.request_id)
@@ -634,7 +649,6 @@ class Scheduler:
             if reason is not None:
                 self._finish(r, reason, now)
             out.append(r)
-        self.policy.on_step(plan, result, now)
         return out
 
     # ---- fast-forward (the simulator, :mod:`seallm.sim.fastforward`) -----------------------

@@ -311,9 +311,22 @@ class SeaLLMPolicy(SchedulingPolicy):
         return sorted(runnable, key=rank)
 
     def on_step(self, plan: "StepPlan", result: "StepResult", now: float) -> None:
-        self._steps += 1
+        self.on_steps((plan,), (result,), now)
+
+    def on_steps(self, plans, results, now: float) -> None:
+        """Charge each plan's requests for its iteration, then age (rule 4) only the
+        requests that ran in none of them."""
         dt = 0.0 if self._prev_now is None else max(now - self._prev_now, 0.0)
         self._prev_now = now
+        ran: set[str] = set()
+        for plan, result in zip(plans, results):
+            ran |= self._charge_step(plan, result, now)
+        self._age(ran, now, dt)
+
+    def _charge_step(self, plan: "StepPlan", result: "StepResult", now: float) -> set[str]:
+        """One iteration's service: the model's profile, each request's attained service
+        and level (rule 3); returns the ids of the requests that ran."""
+        self._steps += 1
         self._last_run[plan.model] = self._steps
         prefill = sum(s.num_tokens for s in plan.seqs if not s.is_decode)
         decode = sum(1 for s in plan.seqs if s.is_decode)
@@ -332,7 +345,7 @@ class SeaLLMPolicy(SchedulingPolicy):
                 self._charge(st, prof.iteration_time_s, now)
             else:
                 self._charge(st, s.num_tokens * prof.prefill_time_per_token_s, now)
-        self._age(ran, now, dt)
+        return ran
 
     def _age(self, ran: set[str], now: float, dt: float) -> None:
         """Rule 4 for the requests that did not run in an iteration ending at ``now`` (s),
