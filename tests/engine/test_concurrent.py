@@ -45,12 +45,13 @@ class LaneExecutor(FakeExecutor):
         return out
 
 
-def _core(executor_cls, policy="fcfs", num_pages=256, budget=64, **kw):
-    kv = KVCacheManager(PagePool(num_pages, PAGE))
+def _core(executor_cls, policy="fcfs", num_pages=256, budget=64, host_pages=0, **kw):
+    kv = KVCacheManager(PagePool(num_pages, PAGE), PagePool(host_pages, PAGE) if host_pages else None)
     for m in ("a", "b", "c"):
         kv.add_model(m, SPEC)
     ex = executor_cls({m: kv.tokens_per_page(m) for m in ("a", "b", "c")}, **kw)
-    sched = Scheduler(kv, make_policy(policy), SchedulerConfig(budget, 16, "recompute"))
+    mode = "swap" if host_pages else "recompute"
+    sched = Scheduler(kv, make_policy(policy), SchedulerConfig(budget, 16, mode))
     return ReplicaCore(sched, ex, ManualClock(), concurrent_max_tokens=8), ex, kv
 
 
@@ -102,6 +103,21 @@ def test_concurrent_groups_give_the_serial_tokens(policy):
             assert all(s.is_decode and s.sample for s in side.seqs)
             assert side.swaps == () and side.finished_ids == ()
     assert kv.pool.num_used == 0
+    kv.check_integrity()
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "seallm"])
+def test_swap_preemption_under_pressure_keeps_every_token(policy):
+    serial, _, _ = _core(FakeExecutor, policy, num_pages=14, host_pages=64)
+    conc, ex, kv = _core(LaneExecutor, policy, num_pages=14, host_pages=64)
+    for c in (serial, conc):
+        for r in _reqs():
+            c.add_request(r)
+    a, b = _run(serial), _run(conc)
+    assert {k: v.output_token_ids for k, v in a.items()} == {k: v.output_token_ids for k, v in b.items()}
+    assert conc.scheduler.num_swap_outs > 0 and ex.groups
+    assert all(p.swaps == () for g in ex.groups for p in g)  # page copies run alone
+    assert kv.pool.num_used == 0 and kv.host_pool.num_used == 0
     kv.check_integrity()
 
 

@@ -62,7 +62,8 @@ class ReplicaCore:
             (a CPU shared by several models), an iteration of at most this many tokens runs
             together with decode-only iterations of other models
             (:meth:`Scheduler.schedule_concurrent`, at most this many tokens each), each on
-            its share of the cores; larger iterations (prefill) run alone on all of them.
+            its share of the cores; larger iterations (prefill) and iterations with page
+            copies (swap preemption) run alone on all of them.
 
     Concurrent iterations (our design, issue 10 item 4): on a CPU, a small decode batch
     does not use two cores well (the ~125M Llama, batch 8, bf16: 15.5 ms per iteration on
@@ -207,7 +208,8 @@ class ReplicaCore:
         self.idle = plan is None
         if plan is None:
             return done
-        if self.max_concurrent_plans > 1 and plan.num_tokens <= self.concurrent_max_tokens:
+        # Not beside page copies: a page a swap-out still reads may already be free for a side plan.
+        if self.max_concurrent_plans > 1 and plan.num_tokens <= self.concurrent_max_tokens and not plan.swaps:
             plans = [plan]
             while len(plans) < self.max_concurrent_plans:
                 side = self.scheduler.schedule_concurrent(self.clock.now(), [p.model for p in plans],
