@@ -528,8 +528,10 @@ def build_engine(cfg: DeploymentConfig) -> EngineStack:
 
     rep = build_replica(spec, executor, WallClock())
     lay = rep.layout
+    lanes = rep.core.max_concurrent_plans
     logger.info("seallm: %d model(s) (%d resident) on %s; KV pool %d pages x %d bytes; tokens/page %s; policy %s; "
-                "preemption %s%s", len(configs), len(lay.resident), cfg.device, lay.num_pages, lay.page_size_bytes,
+                "preemption %s%s%s", len(configs), len(lay.resident), cfg.device, lay.num_pages, lay.page_size_bytes,
                 dict(lay.tokens_per_page), cfg.scheduling_policy, cfg.preemption_mode,
-                f" ({lay.num_host_pages} host pages)" if lay.num_host_pages else "")
+                f" ({lay.num_host_pages} host pages)" if lay.num_host_pages else "",
+                f"; decode iterations of up to {lanes} models at once" if lanes > 1 else "")
     return EngineStack(rep.core, rep.kv, rep.scheduler, configs)

@@ -118,6 +118,37 @@ def test_two_models_at_once(client):
     assert all(n == 5 for _, n in res)
 
 
+def test_two_models_decode_side_by_side_and_metrics_count_it(server, client):
+    """With two CPU threads the default ``concurrent_models: auto`` runs the two models'
+    decode iterations at the same time; /metrics counts them per model."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import torch
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs two intra-op threads")
+
+    def one(i):
+        m = "llama" if i % 2 else "qwen2"
+        return client.completions.create(model=m, prompt=f"side {i}", max_tokens=24,
+                                         extra_body={"ignore_eos": True}).usage.completion_tokens
+
+    with ThreadPoolExecutor(8) as ex:
+        assert list(ex.map(one, range(8))) == [24] * 8
+    deadline = time.time() + 10
+    while True:
+        counts = {}
+        for line in httpx.get(server + "/metrics").text.splitlines():
+            if line.startswith("seallm:num_concurrent_iterations_total{"):
+                counts[line.split('model="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+        if (counts.get("llama", 0) > 0 and counts.get("qwen2", 0) > 0) or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert counts["llama"] > 0 and counts["qwen2"] > 0, counts
+
+
 def test_health_version_metrics(server):
     import httpx
 

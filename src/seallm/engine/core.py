@@ -84,6 +84,7 @@ class ReplicaCore:
                                      if isinstance(executor, ConcurrentExecutor) else 1)
         self.concurrent_max_tokens = concurrent_max_tokens
         self.num_concurrent_steps = 0  # steps that ran more than one model's iteration
+        self.concurrent_iterations_by_model: dict[str, int] = {}  # of those steps' iterations, per model
         self._loads = isinstance(executor, ModelLoader)  # checked once: a Protocol isinstance is slow
         self.clock = clock or WallClock()
         self.residency = residency
@@ -237,6 +238,8 @@ class ReplicaCore:
         results = self.executor.execute_concurrent(plans)
         wall = time.perf_counter() - t0
         self.num_concurrent_steps += 1
+        for p in plans:
+            self.concurrent_iterations_by_model[p.model] = self.concurrent_iterations_by_model.get(p.model, 0) + 1
         if isinstance(self.clock, ManualClock):  # the plans' shares add up to the device's busy time
             self.clock.advance(sum(r.step_time + r.swap_time for r in results if isinstance(r, StepResult)))
         self.last_executed = (plans[0].model, wall)

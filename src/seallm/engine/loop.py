@@ -297,5 +297,6 @@ class EngineLoop:
             wb = rm.weights_bytes.get(m, 0) if rm is not None and resident else 0
             out[m] = ModelStats(self.sched.num_running(m), self.sched.num_waiting(m), used.get(m, 0),
                                 self.sched.num_swapped(m), self.sched.preemptions_by_model.get(m, 0),
-                                self.sched.swap_outs_by_model.get(m, 0), resident, wb)
+                                self.sched.swap_outs_by_model.get(m, 0), resident, wb,
+                                self.core.concurrent_iterations_by_model.get(m, 0))
         return out

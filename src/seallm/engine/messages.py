@@ -92,6 +92,7 @@ class ModelStats(msgspec.Struct, array_like=True):
     swap_outs: int = 0  # since start
     resident: bool = True
     weights_bytes: int = 0  # on the device while resident
+    concurrent_iterations: int = 0  # since start: iterations run beside another model's (CPU lanes)
 
 
 class ModelEvent(msgspec.Struct, array_like=True, omit_defaults=True):

@@ -38,6 +38,9 @@ class ServerMetrics:
                                    lab, registry=r)
         self.swap_outs = Counter("seallm:num_swap_outs", "Preemptions that swapped KV pages to host memory", lab,
                                  registry=r)
+        self.concurrent = Counter("seallm:num_concurrent_iterations",
+                                  "Iterations of the model that ran at the same time as another model's, each on "
+                                  "its share of the CPU threads (concurrent_models)", lab, registry=r)
         self.refused = Counter("seallm:num_requests_refused",
                                "HTTP requests refused by admission control (429: the model's waiting queue full, or "
                                "an SLO planner could not guarantee them with admission: reject)",
@@ -73,6 +76,7 @@ class ServerMetrics:
                 self.model_loads.labels(m, src)
             self.preemptions.labels(m)
             self.swap_outs.labels(m)
+            self.concurrent.labels(m)
             self.refused.labels(m)
             self.forwarded.labels(m)
             for a in ("guaranteed", "best_effort"):
@@ -114,7 +118,8 @@ class ServerMetrics:
             self.swapped.labels(m).set(s.swapped)
             # The engine sends running totals; the counters advance by what is new.
             for name, counter, total in (("preemptions", self.preemptions, s.preemptions),
-                                         ("swap_outs", self.swap_outs, s.swap_outs)):
+                                         ("swap_outs", self.swap_outs, s.swap_outs),
+                                         ("concurrent", self.concurrent, s.concurrent_iterations)):
                 new = total - self._seen.get((name, m), 0)
                 if new > 0:
                     counter.labels(m).inc(new)

@@ -127,7 +127,8 @@ class ReplicaSet:
                 out[m] = s if t is None else ModelStats(
                     t.running + s.running, t.waiting + s.waiting, t.kv_pages_used + s.kv_pages_used,
                     t.swapped + s.swapped, t.preemptions + s.preemptions, t.swap_outs + s.swap_outs,
-                    t.resident or s.resident, t.weights_bytes + s.weights_bytes)
+                    t.resident or s.resident, t.weights_bytes + s.weights_bytes,
+                    t.concurrent_iterations + s.concurrent_iterations)
         return out
 
     def views(self) -> list[ReplicaView]:
