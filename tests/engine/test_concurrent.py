@@ -229,3 +229,41 @@ def test_the_policy_learns_a_group_together(together):
         assert all(w == 0.0 for w in waited.values())
     else:
         assert any(w > 0 for w in waited.values())
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "seallm", "muxserve", "sarathi"])
+def test_a_model_with_only_waiting_requests_gets_its_turn(policy):
+    """Two models decode long requests side by side; a third only has short requests
+    arriving. A side plan admits nobody, so it must not count as the model's turn: the
+    third model's requests start as often as when one iteration runs at a time."""
+    started = {}
+    for cls in (FakeExecutor, LaneExecutor):
+        core, ex, _ = _core(cls, policy, num_pages=4096)
+        core.concurrent_max_tokens = 128
+        for m in "bc":
+            core.add_request(Request(f"{m}0", m, [3, 4, 5, 6], SamplingParams(max_tokens=400, ignore_eos=True), 0.0))
+        shorts = []
+        for step in range(300):
+            if step % 3 == 0:
+                r = Request(f"a{step}", "a", [3, 4, 5, 6, 7], SamplingParams(max_tokens=30, ignore_eos=True),
+                            core.clock.now())
+                core.add_request(r)
+                shorts.append(r)
+            core.step()
+            core.scheduler.check_integrity()
+        started[cls] = sum(r.num_output_tokens > 0 for r in shorts)
+    assert started[LaneExecutor] >= 0.9 * started[FakeExecutor] > 0, started
+
+
+def test_a_group_the_executor_refuses_runs_plan_by_plan():
+    class Refusing(LaneExecutor):
+        def execute_concurrent(self, plans):
+            raise RuntimeError("lanes unavailable")
+
+    core, ex, kv = _core(Refusing)
+    reqs = _reqs()[:4]
+    for r in reqs:
+        core.add_request(r)
+    _run(core)  # every plan of a group re-runs alone, sequence by sequence
+    assert all(r.error is None and r.num_output_tokens == r.params.max_tokens for r in reqs)
+    assert kv.pool.num_used == 0

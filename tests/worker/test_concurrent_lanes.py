@@ -60,3 +60,37 @@ def test_bad_concurrent_models_is_refused(checkpoints):
     for bad in (0, -1, "two", True):
         with pytest.raises(ValueError, match="concurrent_models"):
             _llm(checkpoints, bad)
+
+
+def test_unequal_shares_are_the_lanes_thread_counts(checkpoints):
+    """Three threads for two lanes: the first plan's lane runs on two, the other on one,
+    from the first group on (PyTorch applies the process-wide count to a new thread at its
+    first op); the main thread keeps three."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        llm = _llm(checkpoints, 2)
+        ex = llm.core.executor
+        seen = []
+        run = ex.execute
+
+        def execute(plan):
+            seen.append((plan.model, torch.get_num_threads()))
+            return run(plan)
+
+        ex.execute = execute
+        prompts = random_prompts(4, [6, 9])
+        llm.generate(prompts, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True), model=["a", "b"] * 2)
+        assert llm.core.num_concurrent_steps > 0
+        counts = {n for _, n in seen}
+        assert counts <= {1, 2, 3} and {1, 2} <= counts  # lanes: 2 and 1; serial iterations: 3
+        assert torch.get_num_threads() == 3
+        import threading
+
+        got = []
+        t = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert got == [3]  # a new thread starts with the configured count, not a lane's
+    finally:
+        torch.set_num_threads(before)

@@ -220,22 +220,35 @@ class ReplicaCore:
                 plans.append(side)
             if len(plans) > 1:
                 return done + self._step_concurrent(plans)
+        return done + self._run(plan)
+
+    def _run(self, plan: StepPlan) -> list[Request]:
+        """Execute one plan alone and apply it (a failure through :meth:`_isolate`)."""
         try:
             result = self.executor.execute(plan)
         except Exception as e:  # noqa: BLE001 - isolate whatever failed
-            return done + self._isolate(plan, e)
+            return self._isolate(plan, e)
         self.elapse(result)
         self.last_executed = (plan.model, result.step_time + result.swap_time)
         if self.residency is not None:
             self.residency.on_run(plan.model, self.clock.now(), result.step_time, plan.num_tokens)
-        return done + self.apply(plan, result)
+        return self.apply(plan, result)
 
     def _step_concurrent(self, plans: list[StepPlan]) -> list[Request]:
         """Run several models' plans at once and apply the results together
         (:meth:`Scheduler.update_concurrent`); a failed plan goes through :meth:`_isolate`,
-        serially, after the others."""
+        serially, after the others. When the executor refuses the group as a whole, each
+        plan runs alone, one after the other."""
         t0 = time.perf_counter()
-        results = self.executor.execute_concurrent(plans)
+        try:
+            results = self.executor.execute_concurrent(plans)
+        except Exception as e:  # noqa: BLE001 - not a plan's fault: run them one at a time
+            logger.error("concurrent iterations of %s failed (%s: %s); running them one at a time",
+                         [p.model for p in plans], type(e).__name__, e, exc_info=e)
+            out: list[Request] = []
+            for plan in plans:
+                out += self._run(plan)
+            return out
         wall = time.perf_counter() - t0
         self.num_concurrent_steps += 1
         for p in plans:

@@ -115,10 +115,14 @@ class SchedulingPolicy(ABC):
 
     def on_steps(self, plans: Sequence["StepPlan"], results: Sequence["StepResult"], now: float) -> None:
         """Learn from iterations of different models that ran at the same time, on shares
-        of the device, ending at ``now`` (s); ``results[i]`` is ``plans[i]``'s. Default: one
-        :meth:`on_step` each, in order. A policy that accounts for waiting overrides it so
-        that the requests of one plan do not count as waiting while another's ran."""
-        for plan, result in zip(plans, results):
+        of the device, ending at ``now`` (s); ``results[i]`` is ``plans[i]``'s, ``plans[0]``
+        the one :meth:`Scheduler.schedule` planned (the model's turn), the others decode-only
+        side plans. Default: one :meth:`on_step` each, the side plans first, so that turn
+        bookkeeping (FCFS's round-robin) ends on the model whose turn it was: a side plan
+        admits nobody, and counting it as a turn could pass over a model that only has
+        waiting requests forever. A policy that accounts for waiting overrides it so that
+        the requests of one plan do not count as waiting while another's ran."""
+        for plan, result in list(zip(plans, results))[::-1]:
             self.on_step(plan, result, now)
 
     def on_finish(self, request: "Request", now: float) -> None:

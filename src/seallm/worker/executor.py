@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 
 import torch
@@ -47,7 +46,6 @@ class ModelExecutor:
         self.max_concurrent_plans = (max(1, min(int(concurrent_models), self.num_threads))
                                      if self.device.type == "cpu" else 1)
         self._lanes: ThreadPoolExecutor | None = None
-        self._lane_threads = threading.local()
         if self.device.type == "cpu":
             tune_malloc()
         self.models: dict[str, LlamaForCausalLM] = {}
@@ -136,20 +134,28 @@ class ModelExecutor:
         total = self.num_threads
         shares = [total // n + (1 if i < total % n else 0) for i in range(n)]
         futures = [self._lanes.submit(self._run_lane, p, k) for p, k in zip(plans, shares)]
-        out: list[StepResult | Exception] = []
-        for f, k in zip(futures, shares):
-            try:
-                r = f.result()
-            except Exception as e:  # noqa: BLE001 - reported per plan
-                out.append(e)
-                continue
-            out.append(replace(r, step_time=r.step_time * k / total))
-        return out
+        try:
+            out: list[StepResult | Exception] = []
+            for f, k in zip(futures, shares):
+                try:
+                    r = f.result()
+                except Exception as e:  # noqa: BLE001 - reported per plan
+                    out.append(e)
+                    continue
+                out.append(replace(r, step_time=r.step_time * k / total))
+            return out
+        finally:
+            # Never leave a lane running (an interrupt here must not let a later step run
+            # the same requests beside it), and restore the process-wide thread count that
+            # PyTorch gives new threads (each lane's set_num_threads also changed it).
+            wait(futures)
+            torch.set_num_threads(total)
 
     def _run_lane(self, plan: StepPlan, threads: int) -> StepResult:
-        if getattr(self._lane_threads, "n", None) != threads:
+        # On a new thread PyTorch applies the process-wide count at its first op, which would
+        # override a count set before it: read first, then set.
+        if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-            self._lane_threads.n = threads
         return self.execute(plan)
 
     def execute(self, plan: StepPlan) -> StepResult:
