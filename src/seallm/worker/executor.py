@@ -46,6 +46,7 @@ class ModelExecutor:
         self.max_concurrent_plans = (max(1, min(int(concurrent_models), self.num_threads))
                                      if self.device.type == "cpu" else 1)
         self._lanes: ThreadPoolExecutor | None = None
+        self._lane_set_threads = False  # a lane changed its count (and PyTorch's process-wide one)
         if self.device.type == "cpu":
             tune_malloc()
         self.models: dict[str, LlamaForCausalLM] = {}
@@ -117,8 +118,8 @@ class ModelExecutor:
                 self.pages.index_copy_(0, dst.to(self.device), self.host_pages.index_select(0, src).to(self.device))
 
     def execute_concurrent(self, plans: list[StepPlan]) -> list[StepResult | Exception]:
-        """Run several models' plans at the same time (CPU), each in its own thread with an
-        equal share of the intra-op threads (``torch.set_num_threads`` is per thread);
+        """Run several models' plans at the same time (CPU), each in its own thread with its
+        share of the intra-op threads (split evenly, the first plans get the remainder) (``torch.set_num_threads`` is per thread);
         returns each plan's result, its ``step_time`` scaled by its share of the threads
         (see :class:`~seallm.engine.executor.ConcurrentExecutor`), or the exception it
         raised.
@@ -149,13 +150,16 @@ class ModelExecutor:
             # the same requests beside it), and restore the process-wide thread count that
             # PyTorch gives new threads (each lane's set_num_threads also changed it).
             wait(futures)
-            torch.set_num_threads(total)
+            if self._lane_set_threads:
+                self._lane_set_threads = False
+                torch.set_num_threads(total)
 
     def _run_lane(self, plan: StepPlan, threads: int) -> StepResult:
         # On a new thread PyTorch applies the process-wide count at its first op, which would
         # override a count set before it: read first, then set.
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+            self._lane_set_threads = True
         return self.execute(plan)
 
     def execute(self, plan: StepPlan) -> StepResult:
